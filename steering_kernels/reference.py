@@ -1,8 +1,8 @@
 """Reference semantics of the steering ops in plain PyTorch. Every backend must match these.
 
-The op, for each token t with adapter k = index[t] (1-based; 0 = no steering) and strength s = strength[t]:
+The op, for each token t with adapter k = index[t] (1-based; k <= 0 = no steering) and strength s = strength[t]:
 
-    if k == 0 or s == 0:   y[t] = h[t]                                   (bit-identical)
+    if k <= 0 or s == 0:   y[t] = h[t]                                   (bit-identical)
     else:                  y[t] = h[t] + s · (a[k-1] ⊙ h[t] + b[k-1])
 
 Shapes: h (T, D) any float dtype; a, b (K, D) fp32 tables of K adapters for one site; strength (T,) fp32;
@@ -13,8 +13,12 @@ Differentiable in a and b, so the trainer steers with this very function.
 The fused op applies RMSNorm first, with vLLM's conventions:
     residual is None:  y = steer(rms_norm(x))
     otherwise:         r = x + residual;  y = steer(rms_norm(r));  returns (y, r)   (fused add + RMSNorm)
-where rms_norm(x) = x / sqrt(mean(x²) + eps) · weight, computed in fp32 and rounded once to x.dtype before
-steering, so that strength 0 equals the plain norm's output exactly.
+where rms_norm(x) = x / sqrt(mean(x²) + eps) · weight, computed in fp32 and rounded to x.dtype before
+steering, so that strength 0 equals the plain norm's output exactly. The rounding follows vLLM's RMSNorm
+(vllm.ir.ops.rms_norm, the CUDA kernel) and Hugging Face's LlamaRMSNorm: the normalised value is rounded to
+weight.dtype, multiplied by the weight in that dtype, then cast to x.dtype. With bf16/fp16 weights this rounds
+twice; rounding once after the weight would differ from the model's own norm in about a quarter of elements.
+Negative indices are untouched (vLLM's LoRA kernels use -1 for "none"); an index above K is an error.
 """
 
 import torch
@@ -28,7 +32,7 @@ def steer_ref(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor, strength: torch
     else:
         row = (index.long() - 1).clamp(min=0)
         rows_a, rows_b = a[row], b[row]                               # (T, D)
-        active = (index != 0) & (strength != 0)
+        active = (index > 0) & (strength != 0)
     h32 = h.float()
     s = strength.float().unsqueeze(-1)                                # (T, 1)
     steered = (h32 + s * (rows_a * h32 + rows_b)).to(h.dtype)
@@ -38,7 +42,7 @@ def steer_ref(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor, strength: torch
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x32 = x.float()
     normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return (normed * weight.float()).to(x.dtype)
+    return (normed.to(weight.dtype) * weight).to(x.dtype)                 # vLLM's rounding, see docstring
 
 
 def rms_norm_steer_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, a: torch.Tensor, b: torch.Tensor,
