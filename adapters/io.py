@@ -75,7 +75,7 @@ def _from_header(path: Path, header: dict[str, str], raw: dict[str, torch.Tensor
         meta["identity"] = ModelIdentity(**meta["identity"])
         meta["calibration"] = tuple(meta.get("calibration") or ())
         adapter_meta = AdapterMeta(**meta)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # e.g. JSON that is not an object
         raise AdapterFormatError(f"{path}: adapter metadata is malformed ({exc!r})") from None
 
     expected = {f"{site}.{part}" for site in sites for part in ("a", "b")}

@@ -109,8 +109,8 @@ class SteeringSpec:
         """
         h = hashlib.sha256()
         h.update(json.dumps([self.meta.identity.fingerprint, list(self.sites)]).encode())
-        h.update(self.a.contiguous().numpy().tobytes())
-        h.update(self.b.contiguous().numpy().tobytes())
+        h.update(self.a.detach().cpu().contiguous().numpy().tobytes())
+        h.update(self.b.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:12]
 
     def site_index(self, site: str) -> int:
@@ -129,10 +129,14 @@ class SteeringSpec:
             raise AdapterFormatError("the adapter steers no site")
         if len(set(self.sites)) != len(self.sites):
             raise AdapterFormatError("the adapter lists a site twice")
-        site_map(ident.architecture)  # raises for an unsupported architecture
+        try:  # sites.py raises plain ValueErrors; a file naming them is a format error
+            site_map(ident.architecture)
+            for site in self.sites:
+                parse_site(site)
+        except ValueError as exc:
+            raise AdapterFormatError(str(exc)) from None
         known = set(all_sites(ident.num_layers))
         for site in self.sites:
-            parse_site(site)
             if site not in known:
                 raise AdapterFormatError(
                     f"site {site!r} does not exist in a {ident.num_layers}-layer {ident.architecture}")
