@@ -57,7 +57,10 @@ def load(path: str | Path, model: ModelIdentity | None = None) -> SteeringSpec:
             "Adapters are written by `fairsteer train`") from None
     spec = _from_header(path, header, raw)
     if model is not None:
-        spec.check_compatible(model)
+        try:
+            spec.check_compatible(model)
+        except AdapterFormatError as exc:  # name the file: a server loads several
+            raise AdapterFormatError(f"{path}: {exc}") from None
     return spec
 
 
