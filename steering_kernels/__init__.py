@@ -1,0 +1,12 @@
+"""The steering op y = h + s ⊙ (a ⊙ h + b) with per-token strength, and its fused RMSNorm variant.
+
+Call `steer` / `rms_norm_steer`; the backend (Triton on CUDA, a torch path on CPU) is resolved once in
+dispatch.py. `BACKEND` is that resolved default; `HAS_TRITON` says whether triton imports. The semantics
+are defined by reference.py (`steer_ref`, `rms_norm_steer_ref`), which the trainer also uses directly.
+"""
+
+from steering_kernels.dispatch import BACKEND, HAS_TRITON, rms_norm_steer, steer, use_backend
+from steering_kernels.reference import rms_norm_ref, rms_norm_steer_ref, steer_ref
+
+__all__ = ["BACKEND", "HAS_TRITON", "steer", "rms_norm_steer", "use_backend",
+           "steer_ref", "rms_norm_ref", "rms_norm_steer_ref"]

@@ -1,0 +1,194 @@
+"""One entry point per steering op; the backend is resolved once, callers never branch.
+
+    steer(h, a, b, strength, index=None)                                   y = h + s ⊙ (a[k-1] ⊙ h + b[k-1])
+    rms_norm_steer(x, weight, eps, a, b, strength, index=None, residual=None)   steer(rms_norm(x [+ residual]))
+
+Semantics are those of reference.py. Backends:
+  "triton"  CUDA tensors, when triton imports (the default on a machine with CUDA). Host-side shape checks
+            only, so a call can be captured in a CUDA graph.
+  "torch"   CPU: a fast path equal bit for bit to the reference (in-place fp32 ops in the reference's order,
+            one broadcast adapter row instead of a (T, D) gather, untouched rows skipped). It reads index
+            and strength values, which is free on CPU. CUDA tensors under "torch" use the branch-free
+            reference, so forcing "torch" on a GPU stays graph-safe.
+Override with FAIRSTEER_KERNEL=torch|triton (triton on CPU tensors then needs TRITON_INTERPRET=1), or in tests
+with `use_backend(...)`. Outputs are always new tensors, never views of an input.
+"""
+
+import contextlib
+import functools
+import os
+
+import torch
+
+from steering_kernels.reference import rms_norm_steer_ref, steer_ref
+
+try:
+    import triton  # noqa: F401  (only its presence matters here; the kernels are imported lazily)
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+BACKENDS = ("torch", "triton")
+
+
+def _resolve(choice: str | None) -> str:
+    if not choice:
+        return "triton" if HAS_TRITON and torch.cuda.is_available() else "torch"
+    if choice not in BACKENDS:
+        raise ValueError(f"FAIRSTEER_KERNEL={choice!r} is not a steering backend; use one of {BACKENDS} "
+                         "or unset it to pick automatically")
+    if choice == "triton" and not HAS_TRITON:
+        raise RuntimeError("FAIRSTEER_KERNEL=triton but triton is not importable; `pip install triton` "
+                           "or set FAIRSTEER_KERNEL=torch")
+    return choice
+
+
+BACKEND = _resolve(os.environ.get("FAIRSTEER_KERNEL"))
+_state = {"backend": BACKEND, "forced": bool(os.environ.get("FAIRSTEER_KERNEL"))}
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Force a backend inside a `with` block (tests, benchmarks); restores the previous choice after."""
+    previous = dict(_state)
+    _state.update(backend=_resolve(name), forced=True)
+    try:
+        yield
+    finally:
+        _state.update(previous)
+
+
+@functools.cache
+def _triton_kernels():
+    # Imported on first use: @triton.jit reads TRITON_INTERPRET when the module is imported.
+    from steering_kernels import triton_kernels
+    return triton_kernels
+
+
+def _uses_triton(t: torch.Tensor) -> bool:
+    if _state["backend"] != "triton":
+        return False
+    if t.is_cuda:
+        return True
+    if not _state["forced"]:
+        return False                       # CPU tensors on a CUDA machine: the CPU path
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("the triton steering backend was forced on CPU tensors; set TRITON_INTERPRET=1 "
+                           "to run the kernels in Triton's interpreter, or use FAIRSTEER_KERNEL=torch")
+    return True
+
+
+def _check_steer_args(h, a, b, strength, index):
+    """Shape/dtype checks on metadata only (no device reads), so they are graph-safe."""
+    if h.dim() != 2 or not h.is_floating_point():
+        raise ValueError(f"h must be a floating (tokens, hidden) tensor, got {tuple(h.shape)} {h.dtype}; "
+                         "flatten batch dims with h.reshape(-1, h.shape[-1])")
+    T, D = h.shape
+    if a.dim() != 2 or a.shape != b.shape or a.shape[1] != D or a.shape[0] < 1:
+        raise ValueError(f"adapter tables a, b must both be (K >= 1, hidden={D}); got a {tuple(a.shape)}, "
+                         f"b {tuple(b.shape)}. Stack one row per adapter for this site")
+    if tuple(strength.shape) != (T,) or not strength.is_floating_point():
+        raise ValueError(f"strength must be a float tensor of shape ({T},), one value per token; got "
+                         f"{tuple(strength.shape)} {strength.dtype}")
+    if index is not None and (tuple(index.shape) != (T,) or index.is_floating_point() or index.is_complex()):
+        raise ValueError(f"index must be an integer tensor of shape ({T},) (1-based adapter per token, "
+                         f"0 = none) or None; got {tuple(index.shape)} {index.dtype}")
+    tensors = [h, a, b, strength] + ([index] if index is not None else [])
+    if len({t.device for t in tensors}) > 1:
+        raise ValueError(f"steering tensors are on different devices: {[str(t.device) for t in tensors]}; "
+                         "move the adapter tables and per-token buffers to h's device once, at load time")
+
+
+def _steer_cpu(h, a, b, strength, index, may_return_input=False):
+    """The reference's arithmetic, op for op, with the work cut down; see the module docstring."""
+    if index is None:
+        active = strength != 0
+    else:
+        if index.numel() and int(index.max()) > a.shape[0]:
+            raise ValueError(f"adapter index {int(index.max())} is out of range: this site has "
+                             f"{a.shape[0]} adapters (valid 1..{a.shape[0]}, 0 = none)")
+        active = (index > 0) & (strength != 0)
+    rows = active.nonzero().squeeze(1)
+    n, T = rows.numel(), h.shape[0]
+    if n == 0:
+        return h if may_return_input else h.clone()
+    if n * 2 <= T:                                   # few steered tokens: compute those rows only
+        out = h.clone()
+        sub_index = None if index is None else index[rows]
+        out[rows] = _steer_rows(h[rows], a, b, strength[rows], sub_index)
+        return out
+    out = _steer_rows(h, a, b, strength, index)
+    return out if n == T else torch.where(active.unsqueeze(-1), out, h)
+
+
+def _steer_rows(h, a, b, strength, index):
+    """Steer every row of h (no untouched-row handling), bit-identical to the reference's arithmetic."""
+    if index is None:
+        rows_a, rows_b = a[0], b[0]                                       # (D,) broadcast
+    else:
+        k = index[0]
+        if bool((index == k).all()):                                      # one adapter: broadcast its row
+            rows_a, rows_b = a[int(k) - 1], b[int(k) - 1]
+        else:
+            row = (index.long() - 1).clamp(min=0)
+            rows_a, rows_b = a[row], b[row]                               # (T, D) gather
+    h32 = h.float()
+    out = torch.mul(rows_a, h32)                                          # same op order as steer_ref
+    out.add_(rows_b).mul_(strength.float().unsqueeze(-1)).add_(h32)
+    return out.to(h.dtype)
+
+
+def _rms_norm_cpu(x, weight, eps):
+    """rms_norm_ref with its fp32 temporaries reused; same ops, same order, same bits."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    if weight.dtype == torch.float32:
+        return normed.mul_(weight).to(x.dtype)
+    return (normed.to(weight.dtype) * weight).to(x.dtype)
+
+
+def steer(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor, strength: torch.Tensor,
+          index: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply steering adapters to token rows h.
+
+    Args:
+        h: (T, D) hidden states, fp32/bf16/fp16 (the output of a normalisation module).
+        a, b: (K, D) fp32 tables, one row per adapter loaded for this site.
+        strength: (T,) per-token strength ω; 0 leaves the row bit-identical.
+        index: (T,) integer, 1-based adapter row per token (0 = none); None steers every token with row 1.
+    Returns:
+        (T, D) tensor of h's dtype, never a view of h.
+    """
+    _check_steer_args(h, a, b, strength, index)
+    if _uses_triton(h):
+        return _triton_kernels().steer(h, a, b, strength, index)
+    if h.device.type == "cpu":
+        return _steer_cpu(h, a, b, strength, index)
+    return steer_ref(h, a, b, strength, index)
+
+
+def rms_norm_steer(x: torch.Tensor, weight: torch.Tensor, eps: float, a: torch.Tensor, b: torch.Tensor,
+                   strength: torch.Tensor, index: torch.Tensor | None = None,
+                   residual: torch.Tensor | None = None):
+    """RMSNorm (optionally after the residual add) then steering, in one pass on GPU.
+
+    Args:
+        x: (T, D) input; weight: (D,) norm weight; eps: the norm's epsilon.
+        a, b, strength, index: as in `steer`.
+        residual: (T, D) like x, or None. When given, returns (y, x + residual) as vLLM's fused
+            add + RMSNorm does (the sum rounded to x.dtype is both the new residual and the norm's input).
+    """
+    _check_steer_args(x, a, b, strength, index)
+    if tuple(weight.shape) != (x.shape[1],):
+        raise ValueError(f"norm weight must have shape ({x.shape[1]},), got {tuple(weight.shape)}")
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype):
+        raise ValueError(f"residual must match x: {tuple(x.shape)} {x.dtype}; got "
+                         f"{tuple(residual.shape)} {residual.dtype}")
+    if _uses_triton(x):
+        return _triton_kernels().rms_norm_steer(x, weight, eps, a, b, strength, index, residual)
+    if x.device.type != "cpu":
+        return rms_norm_steer_ref(x, weight, eps, a, b, strength, index, residual)
+    if residual is None:
+        return _steer_cpu(_rms_norm_cpu(x, weight, eps), a, b, strength, index, may_return_input=True)
+    updated = (x.float() + residual.float()).to(x.dtype)
+    return _steer_cpu(_rms_norm_cpu(updated, weight, eps), a, b, strength, index, may_return_input=True), updated
