@@ -8,7 +8,7 @@ recorded in the API server process, where requests and completions pass, so they
 sensibly if an operator does run several API server processes.
 
 Labels are bounded whatever clients send (see `server.group_metrics`):
-    model           a served model name given at start-up, else "other"
+    model_name      a served model name (the label vLLM uses too) given at start-up, else "other"
     adapter         a loaded adapter's serving name, "none" (no adapter) or "other"
     strength_bucket one of STRENGTH_BUCKETS
     axis, group     from the group lexicon loaded at start-up (validated, at most 16 groups)
@@ -26,13 +26,13 @@ STRENGTH_BUCKETS: tuple[str, ...] = ("0", "(0,0.25]", "(0.25,0.5]", "(0.5,0.75]"
 # Histogram bounds for the requested strength; `le="0"` counts exactly-unsteered requests.
 STRENGTH_HISTOGRAM_BOUNDS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 
-_ROUTE = ("model", "adapter", "strength_bucket")
+_ROUTE = ("model_name", "adapter", "strength_bucket")
 
 REQUESTS = Counter(
     "fairsteer_requests", "Accepted generation requests, by adapter and fairness_strength bucket.", _ROUTE)
 REQUEST_STRENGTH = Histogram(
     "fairsteer_request_strength", "Requested fairness_strength of accepted requests.",
-    ("model", "adapter"), buckets=STRENGTH_HISTOGRAM_BOUNDS)
+    ("model_name", "adapter"), buckets=STRENGTH_HISTOGRAM_BOUNDS)
 COMPLETIONS = Counter(
     "fairsteer_completions",
     "Finished choices (streamed or not) classified by the group lexicon; the denominator of group shares.",

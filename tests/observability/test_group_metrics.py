@@ -95,26 +95,26 @@ def test_strength_buckets_are_the_documented_ones(strength, bucket):
 
 
 def test_completion_counts_follow_the_lexicon(configured):
-    labels = dict(model=MODEL, adapter="fair", strength_bucket="(0.5,0.75]", axis="gender")
+    labels = dict(model_name=MODEL, adapter="fair", strength_bucket="(0.5,0.75]", axis="gender")
     before = {g: _value("fairsteer_group_terms_total", **labels, group=g) for g in ("female", "male", "neutral")}
     mentions = _value("fairsteer_group_completions_total", **labels, group="female")
-    total = _value("fairsteer_completions_total", model=MODEL, adapter="fair", strength_bucket="(0.5,0.75]")
+    total = _value("fairsteer_completions_total", model_name=MODEL, adapter="fair", strength_bucket="(0.5,0.75]")
     group_metrics.observe_completion(MODEL, "fair", 0.7, "She and her sister met him.")
     group_metrics.observe_completion(MODEL, "fair", 0.6, "Nothing here.")
     after = {g: _value("fairsteer_group_terms_total", **labels, group=g) for g in before}
     assert {g: after[g] - before[g] for g in before} == {"female": 3, "male": 1, "neutral": 0}
     assert _value("fairsteer_group_completions_total", **labels, group="female") - mentions == 1
-    assert _value("fairsteer_completions_total", model=MODEL, adapter="fair",
+    assert _value("fairsteer_completions_total", model_name=MODEL, adapter="fair",
                   strength_bucket="(0.5,0.75]") - total == 2
 
 
 def test_requests_are_counted_with_their_strength(configured):
-    before = _value("fairsteer_requests_total", model=MODEL, adapter="none", strength_bucket="0")
-    count = _value("fairsteer_request_strength_count", model=MODEL, adapter="caa")
+    before = _value("fairsteer_requests_total", model_name=MODEL, adapter="none", strength_bucket="0")
+    count = _value("fairsteer_request_strength_count", model_name=MODEL, adapter="caa")
     group_metrics.observe_request(MODEL, None, 0.0)
     group_metrics.observe_request(MODEL, "caa", 1.5)
-    assert _value("fairsteer_requests_total", model=MODEL, adapter="none", strength_bucket="0") - before == 1
-    assert _value("fairsteer_request_strength_count", model=MODEL, adapter="caa") - count == 1
+    assert _value("fairsteer_requests_total", model_name=MODEL, adapter="none", strength_bucket="0") - before == 1
+    assert _value("fairsteer_request_strength_count", model_name=MODEL, adapter="caa") - count == 1
     assert _value("fairsteer_adapter_info", adapter="fair", version="0123456789ab", method="dso") == 1
 
 
@@ -125,7 +125,7 @@ def _label_values(family: str, label: str) -> set[str]:
 def test_label_cardinality_is_bounded_whatever_clients_send(configured):
     families = ("fairsteer_requests", "fairsteer_group_terms")
     # Other tests in this process may have added labels; only what this flood adds is checked.
-    before = {(f, label): _label_values(f, label) for f in families for label in ("model", "adapter")}
+    before = {(f, label): _label_values(f, label) for f in families for label in ("model_name", "adapter")}
     rng = random.Random(0)
     for i in range(500):
         name = "".join(rng.choice("abcdefgh{}\"\n") for _ in range(8))
@@ -133,7 +133,7 @@ def test_label_cardinality_is_bounded_whatever_clients_send(configured):
         group_metrics.observe_request(name, name if i % 2 else "fair", strength)
         group_metrics.observe_completion(name, name, strength, f"she {name}")
     for family in families:
-        new_models = _label_values(family, "model") - before[family, "model"]
+        new_models = _label_values(family, "model_name") - before[family, "model_name"]
         new_adapters = _label_values(family, "adapter") - before[family, "adapter"]
         assert new_models <= {MODEL, "other"}, f"{family}: client-chosen model labels {new_models}"
         assert new_adapters <= {"fair", "caa", "none", "other"}, f"{family}: adapter labels {new_adapters}"
