@@ -8,5 +8,5 @@ are defined by reference.py (`steer_ref`, `rms_norm_steer_ref`), which the train
 from steering_kernels.dispatch import BACKEND, HAS_TRITON, rms_norm_steer, steer, use_backend
 from steering_kernels.reference import rms_norm_ref, rms_norm_steer_ref, steer_ref
 
-__all__ = ["BACKEND", "HAS_TRITON", "steer", "rms_norm_steer", "use_backend",
-           "steer_ref", "rms_norm_ref", "rms_norm_steer_ref"]
+__all__ = ["BACKEND", "HAS_TRITON", "rms_norm_ref", "rms_norm_steer", "rms_norm_steer_ref", "steer", "steer_ref",
+           "use_backend"]
