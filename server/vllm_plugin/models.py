@@ -1,0 +1,162 @@
+"""Steered variants of vLLM's own model classes: same weights, same kernels, plus the steering op.
+
+`FairsteerLlamaForCausalLM` (and the Qwen2/Qwen3/Gemma3 ones) are vLLM's classes with two additions:
+  1. at construction, every norm module that some loaded adapter steers becomes a steered norm: its
+     class gains `_SteeredNorm` in front (weights, names and vLLM's norm kernel are untouched) and it
+     holds that site's (K, D) tables of all K adapters (zeros where an adapter does not steer the site);
+  2. `forward` first fills the per-token strength/adapter buffers from the forward context, then runs the
+     (possibly torch.compiled) decoder unchanged.
+
+A steered norm returns `fairsteer.steer(norm(x))`: vLLM's own norm first, so strength 0 is bit-identical
+to plain vLLM. On CUDA, plain RMSNorm sites fed by a residual use the fused `fairsteer.rms_norm_steer`.
+"""
+
+import json
+
+import torch
+from torch import nn
+from vllm.forward_context import get_forward_context, is_forward_context_available
+from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.models.gemma3 import Gemma3ForCausalLM
+from vllm.model_executor.models.llama import LlamaForCausalLM
+from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
+from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
+from vllm.model_executor.models.utils import PPMissingLayer
+
+import server.vllm_plugin.ops  # noqa: F401  (registers torch.ops.fairsteer.*)
+from adapters import io
+from adapters.sites import module_path
+from adapters.spec import AdapterFormatError, ModelIdentity
+from server.vllm_plugin.processor import PROCESSOR_FQCN
+from server.vllm_plugin.state import STATE
+
+ADAPTERS_KEY = "fairsteer_adapters"          # hf_config attribute: JSON [[name, path], ...], index = position + 1
+BASE_ARCH_KEY = "fairsteer_base_architecture"
+
+
+class _SteeredNorm:
+    """Placed before a vLLM norm class in the MRO; `fairsteer_a`/`fairsteer_b` are (K, D) fp32 buffers."""
+
+    fairsteer_fused = False
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        a, b = self.fairsteer_a, self.fairsteer_b
+        if residual is None:
+            return torch.ops.fairsteer.steer(super().forward(x), a, b)
+        if self.fairsteer_fused:
+            return torch.ops.fairsteer.rms_norm_steer(x, residual, self.weight, self.variance_epsilon, a, b)
+        h, residual = super().forward(x, residual)
+        return torch.ops.fairsteer.steer(h, a, b), residual
+
+
+_STEERED_CLASSES: dict[type, type] = {}
+
+
+def _steer_module(norm: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:
+    cls = type(norm)
+    if cls not in _STEERED_CLASSES:
+        _STEERED_CLASSES[cls] = type(f"Steered{cls.__name__}", (_SteeredNorm, cls), {})
+    norm.__class__ = _STEERED_CLASSES[cls]
+    # Not persistent: the checkpoint has no such tensors and the weight loader must not expect them.
+    norm.register_buffer("fairsteer_a", a, persistent=False)
+    norm.register_buffer("fairsteer_b", b, persistent=False)
+    plain_rms = cls is RMSNorm and norm.has_weight and norm.variance_size_override is None
+    norm.fairsteer_fused = plain_rms and a.device.type == "cuda"
+
+
+def adapter_table(hf_config) -> list[tuple[str, str]]:
+    return [(name, path) for name, path in json.loads(getattr(hf_config, ADAPTERS_KEY, "[]"))]
+
+
+def _identity(hf_config) -> ModelIdentity:
+    config = hf_config.to_dict()
+    config["architectures"] = [getattr(hf_config, BASE_ARCH_KEY)]
+    return ModelIdentity.from_config(config)
+
+
+def install_steering(model: nn.Module, vllm_config) -> None:
+    """Load the adapters named in the config and turn their sites into steered norms."""
+    model_config = vllm_config.model_config
+    hf_config = model_config.hf_config
+    if PROCESSOR_FQCN not in [p if isinstance(p, str) else f"{p.__module__}:{p.__qualname__}"
+                              for p in (model_config.logits_processors or [])]:
+        raise RuntimeError(
+            f"the steered model needs the logits processor {PROCESSOR_FQCN} (it carries each request's "
+            "strength to the model); without it every request would be served unsteered. Build the "
+            "engine arguments with server.vllm_plugin.engine_kwargs()")
+    base_arch = getattr(hf_config, BASE_ARCH_KEY)
+    identity = _identity(hf_config)
+    specs = []
+    for name, path in adapter_table(hf_config):
+        spec = io.load(path, identity)
+        specs.append(spec)
+    scheduler = vllm_config.scheduler_config
+    device = next(model.parameters()).device
+    STATE.allocate(scheduler.max_num_seqs, scheduler.max_num_batched_tokens, device)
+    STATE.adapter_names = tuple(name for name, _ in adapter_table(hf_config))
+
+    sites = sorted({site for spec in specs for site in spec.sites})
+    for site in sites:
+        norm = model.get_submodule(module_path(base_arch, site))
+        if isinstance(norm, PPMissingLayer):
+            continue  # another pipeline stage holds this layer
+        a = torch.zeros(len(specs), identity.hidden_size, dtype=torch.float32, device=device)  # (K, D)
+        b = torch.zeros_like(a)
+        for k, spec in enumerate(specs):
+            if site in spec.sites:
+                a[k] = spec.a[spec.site_index(site)]
+                b[k] = spec.b[spec.site_index(site)]
+        if not hasattr(norm, "variance_epsilon"):
+            raise AdapterFormatError(f"site {site!r} of {base_arch} is a {type(norm).__name__}, not a norm")
+        _steer_module(norm, a, b)
+    model.fairsteer_sites = tuple(sites)
+
+
+def prepare_step(positions: torch.Tensor) -> None:
+    """Fill this step's per-token strength and adapter index (before the compiled decoder runs)."""
+    num_tokens = positions.shape[-1]
+    query_start_loc = None
+    if is_forward_context_available():
+        metadata = get_forward_context().attn_metadata
+        if isinstance(metadata, list):
+            raise NotImplementedError("fairsteer does not support micro-batching (DBO); disable it")
+        if metadata:
+            query_start_loc = next(iter(metadata.values())).query_start_loc
+    STATE.refresh_tokens(num_tokens, query_start_loc)
+
+
+class _SteeredCausalLM:
+    """Mixin before a vLLM *ForCausalLM class."""
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        install_steering(self, vllm_config)
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
+        prepare_step(positions)
+        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
+
+
+class FairsteerLlamaForCausalLM(_SteeredCausalLM, LlamaForCausalLM):
+    pass
+
+
+class FairsteerQwen2ForCausalLM(_SteeredCausalLM, Qwen2ForCausalLM):
+    pass
+
+
+class FairsteerQwen3ForCausalLM(_SteeredCausalLM, Qwen3ForCausalLM):
+    pass
+
+
+class FairsteerGemma3ForCausalLM(_SteeredCausalLM, Gemma3ForCausalLM):
+    pass
+
+
+# Base architecture (as in a Hugging Face config) -> its steered class.
+STEERED_MODELS: dict[str, type[nn.Module]] = {
+    "LlamaForCausalLM": FairsteerLlamaForCausalLM,
+    "Qwen2ForCausalLM": FairsteerQwen2ForCausalLM,
+    "Qwen3ForCausalLM": FairsteerQwen3ForCausalLM,
+    "Gemma3ForCausalLM": FairsteerGemma3ForCausalLM,
+}

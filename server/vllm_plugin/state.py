@@ -1,0 +1,93 @@
+"""Per-process steering state of a vLLM worker: who asked for what, and what each token gets.
+
+Two levels, both in buffers allocated once (the punica pattern of vLLM's LoRA: fixed addresses, refilled in
+place before every step, so torch.compile and CUDA graphs never see a new tensor):
+
+    rows     (max_num_seqs + 1,)         strength and adapter index per persistent-batch row, written by
+                                         the logits processor from vLLM's BatchUpdate (added/removed/moved);
+                                         rows at or past the batch size hold 0, so padding maps to "none"
+    tokens   (max_num_batched_tokens,)   strength and adapter index per token of the current step, filled
+                                         by `refresh_tokens` from the forward context's `query_start_loc`
+
+Adapter index 0 means "no steering"; adapter k ≥ 1 is row k-1 of every steered site's (K, D) tables.
+One worker process serves one model, so the state is a module-level singleton.
+"""
+
+import torch
+
+
+class SteeringState:
+    def __init__(self) -> None:
+        self.ready = False
+        self.any_steered = False      # some row of the current batch has strength > 0 (host-side flag)
+        self.num_reqs = 0
+
+    def allocate(self, max_num_seqs: int, max_num_tokens: int, device: torch.device) -> None:
+        """Idempotent: the model and the logits processor both call it with the same vllm_config."""
+        if self.ready:
+            return
+        self.device = device
+        # Host copies are the source of truth for rows; the device copy is refreshed when dirty.
+        self.row_strength_cpu = torch.zeros(max_num_seqs + 1, dtype=torch.float32)
+        self.row_index_cpu = torch.zeros(max_num_seqs + 1, dtype=torch.int32)
+        self.row_strength = torch.zeros(max_num_seqs + 1, dtype=torch.float32, device=device)
+        self.row_index = torch.zeros(max_num_seqs + 1, dtype=torch.int32, device=device)
+        self.strength = torch.zeros(max_num_tokens, dtype=torch.float32, device=device)  # (T_max,)
+        self.index = torch.zeros(max_num_tokens, dtype=torch.int32, device=device)       # (T_max,)
+        self.positions = torch.arange(max_num_tokens, dtype=torch.int64, device=device)
+        self.rows_dirty = False
+        self.ready = True
+
+    # ---- rows: driven by the logits processor's update_state ----------------------------------------
+
+    def set_row(self, row: int, strength: float, index: int) -> None:
+        self.row_strength_cpu[row] = strength
+        self.row_index_cpu[row] = index
+        self.rows_dirty = True
+
+    def clear_row(self, row: int) -> None:
+        self.set_row(row, 0.0, 0)
+
+    def move_row(self, src: int, dst: int) -> None:
+        """One-way move (vLLM's condense): dst takes src's values and src becomes empty."""
+        self.set_row(dst, float(self.row_strength_cpu[src]), int(self.row_index_cpu[src]))
+        self.clear_row(src)
+
+    def swap_rows(self, i: int, j: int) -> None:
+        si, ii = float(self.row_strength_cpu[i]), int(self.row_index_cpu[i])
+        self.set_row(i, float(self.row_strength_cpu[j]), int(self.row_index_cpu[j]))
+        self.set_row(j, si, ii)
+
+    def finish_update(self, batch_size: int) -> None:
+        self.num_reqs = batch_size
+        steered = (self.row_strength_cpu[:batch_size] != 0) & (self.row_index_cpu[:batch_size] != 0)
+        self.any_steered = bool(steered.any())
+
+    # ---- tokens: once per forward, before the (possibly compiled) decoder runs ----------------------
+
+    def refresh_tokens(self, num_tokens: int, query_start_loc: torch.Tensor | None) -> None:
+        """Fill the per-token strength and index of this step.
+
+        Args:
+            num_tokens: tokens in this forward, padding included.
+            query_start_loc: (R + 1,) cumulative token offsets of the batch rows, or None for a
+                dummy/profiling run (then every token is unsteered).
+        """
+        if self.rows_dirty:
+            self.row_strength.copy_(self.row_strength_cpu, non_blocking=True)
+            self.row_index.copy_(self.row_index_cpu, non_blocking=True)
+            self.rows_dirty = False
+        if query_start_loc is None or not self.any_steered:
+            self.strength[:num_tokens].zero_()
+            self.index[:num_tokens].zero_()
+            return
+        ends = query_start_loc[1:].to(device=self.device, dtype=torch.int64)   # (R,)
+        # Token t belongs to the first row whose end exceeds t; tokens past the last end (padding) map
+        # to row R, and rows from num_reqs on hold zeros, so padding is never steered.
+        rows = torch.searchsorted(ends, self.positions[:num_tokens], right=True)
+        rows.clamp_(max=self.row_strength.numel() - 1)
+        torch.index_select(self.row_strength, 0, rows, out=self.strength[:num_tokens])
+        torch.index_select(self.row_index, 0, rows, out=self.index[:num_tokens])
+
+
+STATE = SteeringState()
