@@ -17,8 +17,9 @@ Hooks live only inside the `with` block and are removed in `finally`, so the mod
 `requires_grad` flags restored on exit: gradients reach `a` and `b` only.
 """
 
+import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -89,7 +90,7 @@ class AttachedSteering:
             value = value.detach().to(torch.float32)
         else:
             value = float(value)
-            if value != value or value in (float("inf"), float("-inf")):
+            if not math.isfinite(value):
                 raise ValueError(f"strength must be finite, got {value}")
         self._strength = value
 
@@ -121,13 +122,14 @@ def model_identity(model: nn.Module) -> ModelIdentity:
 
 
 @contextmanager
-def attach(model: nn.Module, steering: Steering, strength: Strength = 1.0,
+def attach(model: nn.Module, steering: "Steering | SteeringSpec", strength: Strength = 1.0,
            freeze_model: bool = True) -> Iterator[AttachedSteering]:
     """Steer `model` inside the `with` block; the model is left exactly as it was afterwards.
 
     Args:
         model: a transformers causal LM of a supported architecture (see `adapters.sites`).
-        steering: the adapter's parameters; checked against `model.config` before any hook is placed.
+        steering: the adapter's parameters (or a loaded `SteeringSpec`, applied without gradients);
+            checked against `model.config` before any hook is placed.
         strength: ω for every row (float) or per batch row ((batch,) tensor); settable on the handle.
         freeze_model: turn off `requires_grad` on the model's parameters inside the block (restored on
             exit), so training backpropagates to `a` and `b` only. Off only to study joint gradients.
@@ -135,6 +137,8 @@ def attach(model: nn.Module, steering: Steering, strength: Strength = 1.0,
     Raises:
         AdapterFormatError: the adapter was made for another model, or a site has no module here.
     """
+    if isinstance(steering, SteeringSpec):
+        steering = Steering.from_spec(steering).requires_grad_(False)
     identity = model_identity(model)
     problem = steering.identity.mismatch(identity)
     if problem:

@@ -131,16 +131,16 @@ def render(info: dict[str, Any]) -> str:
         ("method", info["method"]),
         ("version", info["version"]),
         ("format version", str(info["format_version"])),
-        ("base model", f"{info['base_model']} ({ident['architecture']}, hidden {ident['hidden_size']}, "
-                       f"{ident['num_layers']} layers, fingerprint {ident['fingerprint']})"),
+        ("base model", (f"{info['base_model']} ({ident['architecture']}, hidden {ident['hidden_size']}, "
+                        f"{ident['num_layers']} layers, fingerprint {ident['fingerprint']})")),
         ("sites", info["sites_summary"]),
         ("parameters", f"{info['num_parameters']:,} (a and b, fp32)"),
     ]
     if "model" in info:
         model = info["model"]
         fit = "fits" if model["fits"] else f"DOES NOT FIT: {model['mismatch']}"
-        lines.append(("model", f"{model['path']}: {model['num_parameters']:,} parameters; the adapter adds "
-                               f"{100 * model['share']:.4f}% of them; {fit}"))
+        share = f"{model['num_parameters']:,} parameters; the adapter adds {100 * model['share']:.4f}% of them"
+        lines.append(("model", f"{model['path']}: {share}; {fit}"))
     width = max(len(key) for key, _ in lines)
     out = [f"{key:<{width}}  {value}" for key, value in lines]
     out += ["", "training settings"]

