@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 from server.serve_command import engine_defaults
 
@@ -52,10 +53,9 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "ServerProcess":
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True)
-        log.close()
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                         start_new_session=True)
         return self
 
     def wait_ready(self, timeout: float = 240.0) -> "ServerProcess":
@@ -94,7 +94,7 @@ class ServerProcess:
             pass
         self.proc.wait(5)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> Self:
         self.start()
         try:
             return self.wait_ready()

@@ -23,8 +23,15 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from server import group_metrics
-from server.protocol import (STRENGTH_FIELD, Applied, SteeringError, error_body, mentions_steering,
-                             resolve, rewrite)
+from server.protocol import (
+    STRENGTH_FIELD,
+    Applied,
+    SteeringError,
+    error_body,
+    mentions_steering,
+    resolve,
+    rewrite,
+)
 from server.registry import SteeringRegistry
 
 logger = logging.getLogger("fairsteer.serve")
@@ -87,12 +94,14 @@ class SteeringMiddleware:
 def _unsteerable(path: str, data: dict[str, Any], registry: SteeringRegistry) -> tuple[str, str] | None:
     field = mentions_steering(data)
     if field:
-        return (f"{field} is not supported on {path}; steering applies to /v1/completions and "
-                "/v1/chat/completions", field)
+        message = (f"{field} is not supported on {path}; steering applies to /v1/completions and "
+                   "/v1/chat/completions")
+        return message, field
     if path in UNSTEERED_GENERATE_PATHS and registry.default_strength > 0:
-        return (f"this server steers every request by default (fairness_strength "
-                f"{registry.default_strength}), which {path} cannot apply; use /v1/completions or "
-                "/v1/chat/completions", STRENGTH_FIELD)
+        message = (f"this server steers every request by default (fairness_strength "
+                   f"{registry.default_strength}), which {path} cannot apply; use /v1/completions or "
+                   "/v1/chat/completions")
+        return message, STRENGTH_FIELD
     return None
 
 
@@ -197,7 +206,7 @@ def _safely(fn: Callable[..., None], *args: Any) -> None:
     """Group metrics must never break serving: log their failures and carry on."""
     try:
         fn(*args)
-    except Exception:  # noqa: BLE001 - any failure in observability is logged, never raised
+    except Exception:  # any failure in observability is logged, never raised
         logger.exception("group metrics failed in %s; the request is served regardless", fn.__name__)
 
 
