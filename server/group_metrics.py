@@ -33,7 +33,10 @@ __all__ = ["LexiconError", "configure", "set_loaded_adapters", "observe_request"
 log = logging.getLogger(__name__)
 NO_ADAPTER = "none"  # label of requests served without an adapter
 OTHER = "other"      # label of any model or adapter name not known at start-up (should not happen)
-_MAX_UNCONFIGURED_MODELS = 4  # if configure() was never given model names, accept this many, then "other"
+# Before configure()/set_loaded_adapters() name them, the first few names seen are accepted, then "other":
+# bounded even if the serving layer never declares its model or adapters (it validates adapter names first).
+_MAX_UNDECLARED_MODELS = 4
+_MAX_UNDECLARED_ADAPTERS = 16
 
 
 @dataclass
@@ -42,6 +45,7 @@ class _State:
     models: tuple[str, ...] = ()
     models_fixed: bool = False
     adapters: frozenset[str] = frozenset()
+    adapters_fixed: bool = False
     errors: int = 0
 
 
@@ -74,7 +78,7 @@ def set_loaded_adapters(adapters: Mapping[str, Any]) -> None:
     Only these names (and "none") become `adapter` label values; each gets one
     `fairsteer_adapter_info{adapter, version, method} 1` series.
     """
-    _state.adapters = frozenset(adapters)
+    _state.adapters, _state.adapters_fixed = frozenset(adapters), True
     metrics.ADAPTER_INFO.clear()
     for name, spec in adapters.items():
         metrics.ADAPTER_INFO.labels(name, spec.version, spec.meta.method).set(1)
@@ -128,7 +132,7 @@ def _lexicon() -> Lexicon:
 def _model_label(model: str) -> str:
     if model in _state.models:
         return model
-    if not _state.models_fixed and isinstance(model, str) and len(_state.models) < _MAX_UNCONFIGURED_MODELS:
+    if not _state.models_fixed and isinstance(model, str) and len(_state.models) < _MAX_UNDECLARED_MODELS:
         _state.models = (*_state.models, model)
         return model
     return OTHER
@@ -137,7 +141,12 @@ def _model_label(model: str) -> str:
 def _adapter_label(adapter: str | None) -> str:
     if adapter is None:
         return NO_ADAPTER
-    return adapter if adapter in _state.adapters else OTHER
+    if adapter in _state.adapters:
+        return adapter
+    if not _state.adapters_fixed and isinstance(adapter, str) and len(_state.adapters) < _MAX_UNDECLARED_ADAPTERS:
+        _state.adapters = _state.adapters | {adapter}
+        return adapter
+    return OTHER
 
 
 def _initialise_series() -> None:

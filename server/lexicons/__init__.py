@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.cli import UsageError
+
 FORMAT_VERSION = 1
 DEFAULT_PATH = Path(__file__).with_name("gender.json")
 MAX_GROUPS = 16  # bounds the `group` label's cardinality
@@ -36,8 +38,10 @@ _TERM = re.compile(r"\w+(?:[ '’-]\w+)*")
 _KEYS = {"format_version", "axis", "description", "groups"}
 
 
-class LexiconError(ValueError):
-    """A group lexicon file that cannot be used; the message names the file, the problem and the fix."""
+class LexiconError(UsageError, ValueError):
+    """A group lexicon file that cannot be used; the message names the file, the problem and the fix.
+
+    A `UsageError`, so `fairsteer serve` prints it without a traceback and exits with status 2."""
 
 
 @dataclass(frozen=True)

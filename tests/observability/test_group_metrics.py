@@ -157,3 +157,21 @@ def test_every_exposed_name_is_defined_in_metrics_module(configured):
     exposed = {s.name for m in REGISTRY.collect() if m.name.startswith("fairsteer_") for s in m.samples
                if not s.name.endswith("_created")}  # prometheus_client's creation timestamps
     assert exposed == metrics.EXPOSED_NAMES
+
+
+def test_undeclared_names_are_capped_when_the_server_never_declares_them(monkeypatch):
+    monkeypatch.setattr(group_metrics, "_state", group_metrics._State())  # as if configure() was never called
+    before = _label_values("fairsteer_requests", "adapter")
+    for i in range(40):
+        group_metrics.observe_request("undeclared-model-%d" % (i % 6), f"undeclared-{i}", 0.5)
+    new = _label_values("fairsteer_requests", "adapter") - before
+    assert len(new - {"other"}) == group_metrics._MAX_UNDECLARED_ADAPTERS
+    assert "other" in _label_values("fairsteer_requests", "adapter"), "names past the cap become 'other'"
+    models = {m for m in _label_values("fairsteer_requests", "model_name") if m.startswith("undeclared")}
+    assert len(models) == group_metrics._MAX_UNDECLARED_MODELS
+
+
+def test_a_bad_lexicon_is_a_usage_error_for_the_command_line(tmp_path):
+    from server.cli import UsageError
+
+    assert issubclass(LexiconError, UsageError), "fairsteer serve prints it without a traceback (exit 2)"
