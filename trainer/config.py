@@ -1,0 +1,110 @@
+"""Training settings: one dataclass, flags generated from it, optional YAML (`--config FILE`).
+
+Precedence: dataclass default < YAML file < explicit command-line flag. The resolved settings are written
+into the adapter's metadata (`training`), so an adapter file says how it was made.
+"""
+
+import argparse
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from server.cli import UsageError
+
+
+@dataclass
+class DSOConfig:
+    """DSO and baseline settings.
+
+    Data: which prompts, how many, which split.
+    Objective: reward estimator, KL and l1 weights.
+    Optimisation: steps, batch composition, learning rate, time budget, seed.
+    """
+
+    # --- data
+    data: str = field(default="generated", metadata={"help": "data SPEC: 'generated', 'synthbias:PATH', "
+                                                             "'winobias:PATH' or a path"})
+    n_train: int = field(default=600, metadata={"help": "ambiguous training prompts (the paper: 600)"})
+    n_eval: int = field(default=300, metadata={"help": "evaluation prompts per kind kept out of training"})
+    holdout_occupations: str = field(default="", metadata={
+        "help": "comma-separated occupations kept out of training entirely"})
+    # --- objective
+    estimator: str = field(default="exact", metadata={
+        "help": "'exact': expectation over the answers (pro/anti/other) from one forward pass; 'sample': "
+                "REINFORCE on a sampled answer with a per-occupation baseline"})
+    other_reward: float = field(default=-1.0, metadata={
+        "help": "reward of an answer naming neither occupation; -1 so refusals are never rewarded"})
+    majority_momentum: float = field(default=0.5, metadata={
+        "help": "weight of the running per-occupation estimate when deciding the current majority"})
+    kl_coef: float = field(default=1.0, metadata={"help": "weight of KL(steered || base) in the loss"})
+    l1_coef: float = field(default=0.01, metadata={"help": "weight of mean |a| + mean |b|"})
+    # --- optimisation
+    steps: int = field(default=120, metadata={"help": "optimiser steps (the time budget may stop earlier)"})
+    occupations_per_step: int = field(default=8, metadata={
+        "help": "occupations per batch, one ambiguous prompt each, asked in both option orders"})
+    resolvable_per_step: int = field(default=2, metadata={
+        "help": "resolvable prompts per batch, used only in the KL term (keeps unambiguous answers)"})
+    lr: float = field(default=3e-3, metadata={"help": "Adam learning rate (cosine decay to 10%)"})
+    sites: str = field(default="all", metadata={"help": "'all', 'layers' (no final norm) or a comma list"})
+    time_budget_min: float = field(default=28.0, metadata={"help": "stop training after this many minutes"})
+    checkpoint_every: int = field(default=10, metadata={"help": "steps between checkpoints (OUT.ckpt)"})
+    seed: int = field(default=0, metadata={"help": "seed for splits, batch order and sampling"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads"})
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ("exact", "sample"):
+            raise UsageError(f"estimator must be 'exact' or 'sample', got {self.estimator!r}")
+        if self.other_reward >= 0:
+            raise UsageError(f"other_reward {self.other_reward} would reward refusals; use a value < 0")
+        for name in ("n_train", "n_eval", "steps", "occupations_per_step", "checkpoint_every", "threads"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("kl_coef", "l1_coef", "lr", "time_budget_min"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.majority_momentum < 1:
+            raise UsageError(f"majority_momentum must be in [0, 1), got {self.majority_momentum}")
+
+    def holdout(self) -> tuple[str, ...]:
+        return tuple(o.strip() for o in self.holdout_occupations.split(",") if o.strip())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def add_flags(parser: argparse.ArgumentParser, cls=DSOConfig) -> None:
+    """One `--flag` per dataclass field, default None so that only flags given explicitly override YAML."""
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else None
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(default), default=None,
+                            help=f"{f.metadata.get('help', '')} (default: {default})")
+
+
+def from_args(args: argparse.Namespace, cls=DSOConfig) -> DSOConfig:
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(read_yaml(args.config, cls))
+    for f in fields(cls):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+    return cls(**values)
+
+
+def read_yaml(path: str | Path, cls=DSOConfig) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"--config {path}: not valid YAML ({exc})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"--config {path}: expected a mapping of setting: value")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UsageError(f"--config {path}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return values

@@ -1,0 +1,112 @@
+"""`fairsteer eval`: bias and capability per steering strength -> DIR/report.json and DIR/tradeoff.png.
+
+    fairsteer eval --model smollm2-135m-instruct --adapter A.safetensors [--adapter B.safetensors ...] \\
+        --strengths 0,0.25,0.5,0.75,1 --data ../shared/data/synthbias --mmlu ../shared/data/mmlu --out DIR
+    ... --write-calibration      also store each adapter's table in its metadata (the server shows it)
+
+The evaluation prompts are the held-out side of the same deterministic split the trainer uses (same
+--data, --seed and --holdout-occupations), so no training prompt is ever scored. Metrics: see
+`trainer.evaluate`.
+"""
+
+import sys
+import time
+from dataclasses import replace
+
+from server.cli import UsageError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("eval", help="measure bias and capability per strength",
+                                   description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="model folder or alias (smollm2-135m-instruct)")
+    parser.add_argument("--adapter", action="append", default=[], help="adapter file; repeat to compare")
+    parser.add_argument("--strengths", default="0,0.25,0.5,0.75,1", help="comma-separated ω values")
+    parser.add_argument("--data", default="generated", help="'generated', 'synthbias:PATH', 'winobias:PATH'")
+    parser.add_argument("--n-eval", type=int, default=300, help="held-out prompts per kind")
+    parser.add_argument("--mmlu", help="MMLU folder or tarball (e.g. ../shared/data/mmlu)")
+    parser.add_argument("--mmlu-n", type=int, default=200, help="MMLU questions (subject-balanced subset)")
+    parser.add_argument("--seed", type=int, default=0, help="split seed; must match training's")
+    parser.add_argument("--holdout-occupations", default="", help="as given to training")
+    parser.add_argument("--no-prompting", action="store_true", help="skip the prompting-only reference row")
+    parser.add_argument("--write-calibration", action="store_true",
+                        help="store the measured table in each adapter's metadata")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.set_defaults(run=run)
+
+
+def parse_strengths(text: str) -> list[float]:
+    try:
+        values = sorted({float(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise UsageError(f"--strengths {text!r}: expected comma-separated numbers, e.g. 0,0.5,1") from None
+    if not values or any(not (-4 <= v <= 4) for v in values):
+        raise UsageError(f"--strengths {text!r}: give values between -4 and 4")
+    return values
+
+
+def run(args) -> int:
+    import torch
+
+    from adapters import io
+    from adapters.hf import Steering, model_identity
+    from trainer import data, evaluate, mmlu, report, task
+    from trainer.train_command import peak_rss_mb
+
+    strengths = parse_strengths(args.strengths)
+    if args.n_eval < 2:
+        raise UsageError("--n-eval must be at least 2 (standard errors need two examples)")
+    torch.set_num_threads(args.threads)
+    started = time.monotonic()
+    model, tokenizer, pad_id = task.load_model(args.model)
+    identity = model_identity(model)
+    specs, adapters = {}, {}
+    for path in args.adapter:
+        spec = io.load(path, identity)
+        label = spec.meta.method if spec.meta.method not in adapters else spec.name
+        _warn_split(spec, args)
+        specs[label], adapters[label] = (path, spec), Steering.from_spec(spec)
+    holdout = tuple(o.strip() for o in args.holdout_occupations.split(",") if o.strip())
+    splits = data.split(data.load(args.data), 0, args.n_eval, args.seed, holdout_occupations=holdout)
+    questions = mmlu.load(args.mmlu, args.mmlu_n) if args.mmlu else []
+    log = lambda msg: print(msg, file=sys.stderr)
+    result = evaluate.evaluate_all(model, tokenizer, pad_id, splits.eval_ambiguous, splits.eval_resolvable,
+                                   questions, adapters, strengths, prompting=not args.no_prompting,
+                                   batch_size=args.batch_size, log=log)
+    header = {"model": args.model, "data": args.data, "settings": {
+        "strengths": strengths, "n_eval": args.n_eval, "mmlu": args.mmlu, "mmlu_n": len(questions),
+        "seed": args.seed, "holdout_occupations": list(holdout),
+        "adapters": {label: {"file": str(p), "version": s.version, "name": s.name} for label, (p, s) in
+                     specs.items()}},
+        "eval_minutes": round((time.monotonic() - started) / 60, 2), "peak_rss_mb": round(peak_rss_mb())}
+    path = report.write(result, args.out, header)
+    if args.write_calibration:
+        methods = report.group(result["rows"])
+        for label, (file, spec) in specs.items():
+            table = report.calibration(methods[label])
+            io.save(replace(spec, meta=replace(spec.meta, calibration=table)), file)
+            print(f"calibration of {len(table)} strengths written into {file} (version {spec.version})")
+    _print_summary(report.group(result["rows"]))
+    print(f"wrote {path} and {path.parent / 'tradeoff.png'} in {header['eval_minutes']} min, "
+          f"peak memory {header['peak_rss_mb']} MB")
+    return 0
+
+
+def _warn_split(spec, args) -> None:
+    trained = spec.meta.training or {}
+    for key, given in (("seed", args.seed), ("data", args.data)):
+        if key in trained and trained[key] != given:
+            print(f"warning: adapter {spec.name!r} was trained with {key}={trained[key]!r}, evaluating with "
+                  f"{given!r}: evaluation prompts may overlap its training prompts", file=sys.stderr)
+
+
+def _print_summary(methods: dict) -> None:
+    cols = ("per_occupation_bias", "stereotype_gap", "unambiguous_accuracy", "other_rate", "kl_to_base",
+            "mmlu_accuracy")
+    print(f"{'method':<10} {'ω':>5} " + " ".join(f"{c[:18]:>18}" for c in cols))
+    for label, rows in methods.items():
+        for r in rows:
+            cells = [f"{r[c]:.3f}±{r.get(c + '_se', 0):.3f}" if c in r else "-" for c in cols]
+            print(f"{label:<10} {r['strength']:>5g} " + " ".join(f"{c:>18}" for c in cells))
