@@ -24,8 +24,17 @@ from pathlib import Path
 
 from server.vllm_plugin.processor import ADAPTER_KEY, PROCESSOR_FQCN, STRENGTH_KEY, set_front_end_adapters
 
-__all__ = ["ADAPTER_KEY", "ENV", "PROCESSOR_FQCN", "STRENGTH_KEY", "PluginError", "SUPPORTED_ARCHITECTURES",
-           "engine_kwargs", "register", "steered_architecture"]
+__all__ = [
+    "ADAPTER_KEY",
+    "ENV",
+    "PROCESSOR_FQCN",
+    "STRENGTH_KEY",
+    "SUPPORTED_ARCHITECTURES",
+    "PluginError",
+    "engine_kwargs",
+    "register",
+    "steered_architecture",
+]
 
 # Set in os.environ by `engine_kwargs` (spawned engine processes inherit it). Model Runner V2, the GPU
 # default of vLLM 0.32, rejects V1 logits processors; the V1 runner is the one this plugin drives.
@@ -81,7 +90,8 @@ def check_plugin_active(architecture: str) -> None:
 
     if architecture not in ModelRegistry.get_supported_archs():
         raise PluginError(f"vLLM's plugin loading did not register {architecture!r}; check that the "
-                          "`vllm.general_plugins` entry point 'fairsteer' points to server.vllm_plugin:register")
+                          "`vllm.general_plugins` entry point 'fairsteer' points to "
+                          "server.vllm_plugin:register")
 
 
 def _model_config(model: str):

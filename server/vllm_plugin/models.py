@@ -30,7 +30,7 @@ from adapters.spec import AdapterFormatError, ModelIdentity
 from server.vllm_plugin.processor import PROCESSOR_FQCN
 from server.vllm_plugin.state import STATE
 
-ADAPTERS_KEY = "fairsteer_adapters"          # hf_config attribute: JSON [[name, path], ...], index = position + 1
+ADAPTERS_KEY = "fairsteer_adapters"  # hf_config attribute: JSON [[name, path], ...]; index = position + 1
 BASE_ARCH_KEY = "fairsteer_base_architecture"
 
 

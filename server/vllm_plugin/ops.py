@@ -63,7 +63,8 @@ def _register() -> None:
     from vllm.utils.torch_utils import direct_register_custom_op
 
     direct_register_custom_op("steer", steer, fake_impl=steer_fake, target_lib=_LIB)
-    direct_register_custom_op("rms_norm_steer", rms_norm_steer, fake_impl=rms_norm_steer_fake, target_lib=_LIB)
+    direct_register_custom_op("rms_norm_steer", rms_norm_steer, fake_impl=rms_norm_steer_fake,
+                              target_lib=_LIB)
 
 
 _register()

@@ -2,8 +2,9 @@
 
 vLLM calls `update_state(BatchUpdate)` inside `execute_model` before the forward, with the rows added to,
 removed from and moved within the persistent batch; we mirror them into `STATE`'s row tables, which the
-model turns into per-token buffers. `validate_params` runs in the front end at admission: a ValueError
-there becomes HTTP 400, so a malformed or unknown steering request is refused, never served unsteered.
+model turns into per-token buffers. `validate_params` runs in the front end at admission and raises
+vLLM's VLLMValidationError (HTTP 400, `parameter` naming the field), so a malformed or unknown steering
+request is refused, never served unsteered.
 
 Per request, `SamplingParams.extra_args` (the OpenAI `vllm_xargs` field) may carry:
     fairsteer_adapter    str, the name of a loaded adapter
@@ -14,6 +15,7 @@ import math
 
 import torch
 from vllm import SamplingParams
+from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from server.vllm_plugin.state import STATE
@@ -39,33 +41,46 @@ def _known_adapters() -> tuple[str, ...] | None:
     return getattr(STATE, "adapter_names", None)
 
 
+class SteeringParamError(ValueError):
+    """A malformed steering request; `field` names the offending extra_args key."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def parse_steering(extra_args: dict | None, names: tuple[str, ...] | None) -> tuple[float, int]:
-    """(strength, adapter index) of one request; (0.0, 0) when unsteered. Raises ValueError with the fix."""
+    """(strength, adapter index) of one request; (0.0, 0) when unsteered. Raises SteeringParamError."""
     extra_args = extra_args or {}
     unknown = sorted(k for k in extra_args if k.startswith("fairsteer") and k not in _KEYS)
     if unknown:
-        raise ValueError(f"unknown steering field(s) {unknown}; the engine reads only {list(_KEYS)}")
+        raise SteeringParamError(unknown[0],
+                                 f"unknown steering field(s) {unknown}; the engine reads only {list(_KEYS)}")
     strength = extra_args.get(STRENGTH_KEY)
     adapter = extra_args.get(ADAPTER_KEY)
     if strength is None:
         strength = 0.0
     if isinstance(strength, bool) or not isinstance(strength, (int, float)):
-        raise ValueError(f"{STRENGTH_KEY} must be a number, got {type(strength).__name__} {strength!r}")
+        raise SteeringParamError(STRENGTH_KEY,
+                                 f"{STRENGTH_KEY} must be a number, got {strength!r}")
     strength = float(strength)
     if not math.isfinite(strength) or strength < 0:
-        raise ValueError(f"{STRENGTH_KEY} must be a finite number ≥ 0, got {strength!r}")
+        raise SteeringParamError(STRENGTH_KEY, f"{STRENGTH_KEY} must be finite and ≥ 0, got {strength!r}")
     if adapter is None:
         if strength != 0:
-            raise ValueError(f"{STRENGTH_KEY}={strength} needs {ADAPTER_KEY}: the name of a loaded adapter")
+            message = f"{STRENGTH_KEY}={strength} needs {ADAPTER_KEY}, a loaded adapter's name"
+            raise SteeringParamError(STRENGTH_KEY, message)
         return 0.0, 0
     if not isinstance(adapter, str):
-        raise ValueError(f"{ADAPTER_KEY} must be a string naming a loaded adapter, got {adapter!r}")
+        raise SteeringParamError(ADAPTER_KEY,
+                                 f"{ADAPTER_KEY} must be a string naming a loaded adapter, got {adapter!r}")
     if names is None:
-        raise ValueError("this vLLM process does not know the fairsteer adapters: build the engine "
-                         "arguments with server.vllm_plugin.engine_kwargs()")
+        raise SteeringParamError(ADAPTER_KEY, "this vLLM process does not know the fairsteer adapters: build "
+                                              "the engine arguments with server.vllm_plugin.engine_kwargs()")
     if adapter not in names:
         loaded = ", ".join(names) if names else "none"
-        raise ValueError(f"{ADAPTER_KEY}={adapter!r} is not a loaded adapter (loaded: {loaded})")
+        raise SteeringParamError(ADAPTER_KEY,
+                                 f"{ADAPTER_KEY}={adapter!r} is not a loaded adapter (loaded: {loaded})")
     if strength == 0:
         return 0.0, 0
     return strength, names.index(adapter) + 1
@@ -76,7 +91,10 @@ class SteeringStateProcessor(LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
-        parse_steering(sampling_params.extra_args, _known_adapters())
+        try:
+            parse_steering(sampling_params.extra_args, _known_adapters())
+        except SteeringParamError as exc:
+            raise VLLMValidationError(str(exc), parameter=exc.field) from None
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         scheduler = vllm_config.scheduler_config

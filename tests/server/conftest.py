@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import save_tiny_model, tiny_config
 from transformers import AutoConfig
 
 from adapters import io
 from adapters.sites import all_sites
 from adapters.spec import AdapterMeta, ModelIdentity, SteeringSpec
-from tiny_models import save_tiny_model, tiny_config
 
 # How far strength 1 raises the boosted token's logit (logits of the random model span about ±1).
 BOOST_LOGIT = 10.0
@@ -96,7 +96,8 @@ def mix_adapter(tiny_llama, tiny_identity, tmp_path_factory) -> ConstructedAdapt
 def wrong_adapter(tmp_path_factory) -> Path:
     """A valid adapter file, but for a 64-wide Llama: loading it for `tiny_llama` must fail."""
     identity = ModelIdentity.from_config(tiny_config("LlamaForCausalLM", hidden=64))
-    spec = constructed_spec("wrong", identity, "tiny-64", ("final_norm",), torch.zeros(1, 64), torch.ones(1, 64))
+    a, b = torch.zeros(1, 64), torch.ones(1, 64)
+    spec = constructed_spec("wrong", identity, "tiny-64", ("final_norm",), a, b)
     return io.save(spec, tmp_path_factory.mktemp("adapters") / "wrong.safetensors")
 
 
