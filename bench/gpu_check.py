@@ -158,7 +158,7 @@ def graph_check(log):
     return results
 
 
-def tuning_sweep(bk, log, device, T, hiddens, block_ts, warps_list):
+def tuning_sweep(bk, log, device, T, hiddens, block_ts, warps_list, deadline):
     """Time (rows per program, warps) launch shapes of the fused kernel with residual; bf16 on GPU."""
     import torch
 
@@ -172,13 +172,16 @@ def tuning_sweep(bk, log, device, T, hiddens, block_ts, warps_list):
         t_copy = bk.time_fn(functools.partial(torch.empty_like(src).copy_, src), device, 50)
         for block_t in block_ts:
             for warps in warps_list:
-                if block_t * block_d > 16384:
+                if block_t * block_d > 16384 or time.time() > deadline:
                     continue
                 fn = functools.partial(tk.rms_norm_steer, x, w, 1e-6, a, b, s, idx, residual=res,
                                        block_t=block_t, num_warps=warps)
                 t = bk.time_fn(fn, device, 50)
                 rows.append({"hidden": D, "block_t": block_t, "num_warps": warps, "us": t * 1e6,
                              "of_copy": t_copy / t})
+        if not any(r["hidden"] == D for r in rows):
+            log(f"tuning D={D}: skipped, past the time budget")
+            continue
         best = max((r for r in rows if r["hidden"] == D), key=lambda r: r["of_copy"])
         log(f"tuning D={D} T={T}: best block_t={best['block_t']} num_warps={best['num_warps']} "
             f"{best['us']:.1f} us = {best['of_copy']:.0%} of copy")
@@ -215,7 +218,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="issue-7 GPU check, parts (a) and (b)")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_check_out")))
     p.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU under TRITON_INTERPRET=1")
-    p.add_argument("--budget-s", type=float, default=270, help="skip the tuning sweep past this many seconds")
+    p.add_argument("--budget-s", type=float, default=270, help="stop the tuning sweep past this many seconds")
     args = p.parse_args(argv)
     if args.cpu_smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")            # before triton_kernels is imported
@@ -235,11 +238,18 @@ def main(argv=None) -> int:
     dtypes = [torch.float32, torch.bfloat16, torch.float16]
     hiddens = [576, 2048, 4096, 8192, 16384] if gpu else [64, 96]
     tokens = [1, 7, 83, 1000, 4096, 16384] if gpu else [1, 7, 33]
-    results = {"env": env, "correctness": correctness_sweep(device, dtypes, hiddens, tokens, log)}
+    bk = _load_bench_kernels()
+    results = {"env": env, "correctness": [], "timing_header": bk.HEADER, "timing_rows": [], "timing": []}
+
+    def save():                                 # after every phase, so a timeout still leaves a summary
+        (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        write_summary(args.out, results)
+
+    results["correctness"] = correctness_sweep(device, dtypes, hiddens, tokens, log)
+    save()
     if gpu:
         results["graphs"] = graph_check(log)
-    bk = _load_bench_kernels()
-    results["timing_header"], results["timing_rows"], results["timing"] = bk.HEADER, [], []
+        save()
     for D in ([576, 2048, 4096, 8192] if gpu else [64]):
         for T in ([1, 16, 256, 4096, 16384] if gpu else [1, 16]):
             for residual in ((True, False) if gpu and T == 16384 else (True,)):
@@ -248,15 +258,14 @@ def main(argv=None) -> int:
                 results["timing"].append(r)
                 results["timing_rows"].append(bk.format_row(r))
                 log(bk.format_row(r))
+    save()
+    deadline = started + args.budget_s
     if not gpu:                                                   # exercise the code on a toy case
-        results["tuning"] = tuning_sweep(bk, log, device, 8, (64,), (1, 2), (4,))
-    elif time.time() - started < args.budget_s:
-        results["tuning"] = tuning_sweep(bk, log, device, 16384, (576, 2048, 4096, 8192), (1, 2, 4, 8, 16),
-                                         (2, 4, 8, 16))
+        results["tuning"] = tuning_sweep(bk, log, device, 8, (64,), (1, 2), (4,), deadline)
     else:
-        log("tuning sweep skipped: over the time budget")
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    write_summary(args.out, results)
+        results["tuning"] = tuning_sweep(bk, log, device, 16384, (576, 2048, 4096, 8192), (1, 2, 4, 8, 16),
+                                         (4, 8, 16), deadline)
+    save()
     failed = [r for r in results["correctness"] if not r["pass"]]
     failed += [k for k, v in results.get("graphs", {}).items() if not v["pass"]]
     log(f"done: {len(failed)} correctness failures; summary in {args.out / 'summary.md'}")
