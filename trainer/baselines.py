@@ -1,1 +1,85 @@
-"""Baselines (being written)."""
+"""Steering-vector baselines in the DSO adapter format (a = 0, b = v): the server never learns the method.
+
+    caa        Contrastive Activation Addition (Rimsky et al., 2024): each ambiguous training prompt is
+               completed with its anti- and with its pro-stereotypical answer token; v is the mean over
+               prompts of act(anti) − act(pro) at that answer token. Paired, so the prompt cancels.
+    mean_diff  Difference of class means: over resolvable training prompts, the activation at the answer
+               position averaged over prompts whose true referent is anti-stereotypical, minus the average
+               over those whose referent is pro-stereotypical. Unpaired.
+Both at the site(s) of `cfg.sites`; with the default "all", one site, the middle layer's input norm, as
+CAA steers one layer (adding a full-size difference at all 61 sites would compound). At ω the adapter adds
+ω·v there; ω = 1 is the raw difference. ITI (per-head probing) is not implemented.
+"""
+
+import sys
+
+import torch
+
+from adapters.sites import module_path
+from trainer import task
+from trainer.config import DSOConfig
+
+MAX_EXAMPLES = 160  # one option order each: enough for a stable mean, minutes on one CPU core
+
+
+def default_sites(cfg: DSOConfig, sites: tuple[str, ...], num_layers: int) -> tuple[str, ...]:
+    return (f"layers.{num_layers // 2}.input_norm",) if cfg.sites == "all" else sites
+
+
+def site_activations(model, prompts: list[task.Prompt], pad_id: int, sites: tuple[str, ...],
+                     extra_token: list[int] | None = None, batch_size: int = 16) -> torch.Tensor:
+    """(N, S, D) outputs of each site's module at the last position (after `extra_token[i]` if given)."""
+    arch = model.config.architectures[0]
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [model.get_submodule(module_path(arch, site)).register_forward_hook(
+        lambda m, a, out, k=k: captured.__setitem__(k, out[:, -1].float())) for k, site in enumerate(sites)]
+    rows = []
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(prompts), batch_size):
+                chunk = prompts[i:i + batch_size]
+                if extra_token is not None:
+                    chunk = [task.Prompt(p.ids + (t,), p.options, p.labels, p.correct, p.occupation, p.index)
+                             for p, t in zip(chunk, extra_token[i:i + batch_size])]
+                model(**task.collate(chunk, pad_id))
+                rows.append(torch.stack([captured[k] for k in range(len(sites))], dim=1))
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.cat(rows)
+
+
+def caa_vectors(model, tokenizer, pad_id, splits, sites) -> torch.Tensor:
+    prompts = task.coref_prompts(tokenizer, splits.train[:MAX_EXAMPLES], both_orders=False)
+    tok = {lab: [p.options[p.labels.index(lab)] for p in prompts] for lab in ("pro", "anti")}
+    anti = site_activations(model, prompts, pad_id, sites, tok["anti"])
+    pro = site_activations(model, prompts, pad_id, sites, tok["pro"])
+    return (anti - pro).mean(0)
+
+
+def mean_diff_vectors(model, tokenizer, pad_id, splits, sites) -> torch.Tensor:
+    prompts = task.coref_prompts(tokenizer, splits.train_resolvable[:MAX_EXAMPLES], both_orders=False)
+    if not prompts:
+        raise ValueError("mean-diff needs resolvable training examples; the data has none")
+    acts = site_activations(model, prompts, pad_id, sites)
+    anti = torch.tensor([p.labels[p.correct] == "anti" for p in prompts])
+    if anti.all() or not anti.any():
+        raise ValueError("mean-diff needs resolvable examples of both referent kinds")
+    return acts[anti].mean(0) - acts[~anti].mean(0)
+
+
+def train(method: str, model, tokenizer, pad_id: int, splits, cfg: DSOConfig, name: str, base_model: str,
+          sites: tuple[str, ...]):
+    """A SteeringSpec for `method` ("caa" or "mean_diff")."""
+    from adapters.hf import model_identity
+    from adapters.spec import AdapterMeta, SteeringSpec
+
+    identity = model_identity(model)
+    sites = default_sites(cfg, sites, identity.num_layers)
+    print(f"{method}: collecting activations at {', '.join(sites)}", file=sys.stderr)
+    fn = {"caa": caa_vectors, "mean_diff": mean_diff_vectors}[method]
+    b = fn(model, tokenizer, pad_id, splits, sites).to(torch.float32).contiguous()
+    training = {**cfg.to_dict(), "model": base_model, "examples": MAX_EXAMPLES, "vector_norms":
+                [round(float(n), 4) for n in b.norm(dim=-1)]}
+    meta = AdapterMeta(name=name, method=method, base_model=base_model, identity=identity, training=training)
+    return SteeringSpec(tuple(sites), torch.zeros_like(b), b, meta)

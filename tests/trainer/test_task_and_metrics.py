@@ -1,0 +1,129 @@
+"""Answer parsing, prompt labels, and evaluation metrics on hand-built answer distributions."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import tiny_tokenizer
+
+from trainer import data, evaluate, rewards, task
+
+EX = data.make_example("The driver greeted the nurse and thanked her.", "her", "driver", "nurse",
+                       "resolvable", referent="nurse")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The nurse.", "pro"), ("It refers to the driver", "anti"), ("the Nurses", "pro"),
+    ("I cannot tell from the sentence.", "other"), ("Either the nurse or the driver.", "other"),
+    ("", "other"), ("nursery", "other"),
+])
+def test_parse_answer_maps_free_text_to_pro_anti_or_other(text, expected):
+    assert task.parse_answer(text, EX) == expected
+
+
+def _examples(n_per_occ: int = 2) -> list[data.Example]:
+    """Balanced ambiguous examples over occupations whose first tokens differ under the tiny tokenizer."""
+    occs = [("mechanic", "nurse"), ("carpenter", "secretary")]
+    out = []
+    for male, female in occs:
+        for i in range(n_per_occ):
+            for pronoun in ("he", "she"):
+                out.append(data.make_example(f"The {male} met the {female} and {pronoun} smiled {i}.", pronoun,
+                                             male, female, "ambiguous"))
+    return out
+
+
+def test_prompts_ask_both_orders_and_label_pro_anti():
+    tok = tiny_tokenizer()
+    prompts = task.coref_prompts(tok, _examples(1))
+    assert len(prompts) == 8
+    for p, q in zip(prompts[::2], prompts[1::2]):
+        assert p.index == q.index and p.labels == ("pro", "anti") and q.labels == ("anti", "pro")
+        assert p.options == q.options[::-1]
+
+
+def _probs(prompts, choose) -> torch.Tensor:
+    """(N, 3) probabilities putting all mass on choose(prompt) in {"pro", "anti", "first", "other"}."""
+    rows = []
+    for p in prompts:
+        c = choose(p)
+        col = {"first": 0, "other": 2}.get(c, p.labels.index(c) if c in p.labels else None)
+        rows.append(torch.nn.functional.one_hot(torch.tensor(col), 3).float())
+    return torch.stack(rows)
+
+
+def test_always_stereotypical_model_has_bias_one_and_positive_gap():
+    prompts = task.coref_prompts(tiny_tokenizer(), _examples())
+    m = evaluate.coref_metrics(_probs(prompts, lambda p: "pro"), prompts, "ambiguous")
+    assert m["per_occupation_bias"] == pytest.approx(1.0)
+    assert m["stereotype_gap"] == pytest.approx(1.0) and m["stereotype_gap_se"] == pytest.approx(0.0)
+    assert m["other_rate"] == 0.0 and m["n_occupations"] == 2
+
+
+def test_always_anti_model_has_bias_one_and_negative_gap():
+    prompts = task.coref_prompts(tiny_tokenizer(), _examples())
+    m = evaluate.coref_metrics(_probs(prompts, lambda p: "anti"), prompts, "ambiguous")
+    assert m["per_occupation_bias"] == pytest.approx(1.0) and m["stereotype_gap"] == pytest.approx(-1.0)
+
+
+def test_first_position_model_shows_no_gender_bias_but_full_position_bias():
+    prompts = task.coref_prompts(tiny_tokenizer(), _examples())
+    m = evaluate.coref_metrics(_probs(prompts, lambda p: "first"), prompts, "ambiguous")
+    assert m["per_occupation_bias"] == pytest.approx(0.0), "both orders must cancel position bias"
+    assert m["first_option_rate_ambiguous"] == pytest.approx(1.0)
+
+
+def test_refusing_model_is_reported_as_other_not_dropped():
+    prompts = task.coref_prompts(tiny_tokenizer(), _examples())
+    m = evaluate.coref_metrics(_probs(prompts, lambda p: "other"), prompts, "ambiguous")
+    assert m["other_rate"] == 1.0 and m["per_occupation_bias"] == 0.0
+
+
+def test_male_answering_model_on_gender_balanced_data():
+    """A model that always names the male-majority occupation: pro for 'he', anti for 'she' prompts.
+    Per occupation the two cancel: bias 0, while the per-example gaps are +-1 (standard error known)."""
+    prompts = task.coref_prompts(tiny_tokenizer(), _examples())
+    male = lambda p: "pro" if p.labels and _pronoun_male(prompts, p) else "anti"  # noqa: E731
+    m = evaluate.coref_metrics(_probs(prompts, male), prompts, "ambiguous")
+    assert m["per_occupation_bias"] == pytest.approx(0.0)
+    n = m["n_ambiguous"]
+    assert m["stereotype_gap"] == pytest.approx(0.0)
+    assert m["stereotype_gap_se"] == pytest.approx(np.std([1, -1] * (n // 2), ddof=1) / math.sqrt(n))
+
+
+def _pronoun_male(prompts, p) -> bool:
+    return not data.pronoun_is_female(_examples()[p.index].pronoun)
+
+
+def test_unambiguous_accuracy_splits_pro_and_anti_referents():
+    tok = tiny_tokenizer()
+    res = [data.make_example(f"The mechanic greeted the nurse and thanked {o}.", o, "mechanic", "nurse",
+                             "resolvable", referent="nurse") for o in ("her", "him")]
+    prompts = task.coref_prompts(tok, res)
+    # Always answers "nurse": right on both, pro for "her", anti for "him".
+    nurse = torch.stack([torch.tensor([1.0, 0, 0]) if "nurse" in tok.decode([p.options[0]]) else
+                         torch.tensor([0, 1.0, 0]) for p in prompts])
+    m = evaluate.coref_metrics(nurse, prompts, "resolvable")
+    assert m["unambiguous_accuracy"] == 1.0
+    assert m["unambiguous_accuracy_pro"] == 1.0 and m["unambiguous_accuracy_anti"] == 1.0
+    wrong = 1 - nurse
+    wrong[:, 2] = 0
+    assert evaluate.coref_metrics(wrong, prompts, "resolvable")["unambiguous_accuracy"] == 0.0
+
+
+def test_bootstrap_se_is_zero_for_constant_and_positive_for_noisy_gaps():
+    occs = ["a"] * 4 + ["b"] * 4
+    assert evaluate.occupation_bias(np.ones(8), occs) == (1.0, 0.0)
+    value, se = evaluate.occupation_bias(np.array([1, -1, 1, 1, 0, 0, 1, -1.0]), occs)
+    assert value == pytest.approx((0.5 + 0.0) / 2) and se > 0
+
+
+def test_reward_flips_with_the_majority_and_never_rewards_other():
+    tracker = rewards.MajorityTracker(momentum=0.0)
+    status = torch.tensor([[0.8, 0.2, 0.0], [0.1, 0.6, 0.3]])
+    signs = tracker.update(["nurse", "driver"], status)
+    assert signs == {"nurse": 1, "driver": -1}
+    table = tracker.rewards(["nurse", "driver"], signs)
+    assert table.tolist() == [[-1, 1, -1], [1, -1, -1]]
+    assert rewards.expected_reward(status, table).tolist() == pytest.approx([-0.6, 0.1 - 0.6 - 0.3])
