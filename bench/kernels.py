@@ -65,8 +65,8 @@ def make_case(T: int, D: int, dtype: torch.dtype, device: str, K: int = 4, seed:
 
 
 def bench_case(T: int, D: int, dtype: torch.dtype, device: str, residual: bool = True, iters: int = 50,
-               backend: str | None = None) -> dict:
-    x, res, weight, a, b, s, idx = make_case(T, D, dtype, device)
+               backend: str | None = None, adapters: int = 4) -> dict:
+    x, res, weight, a, b, s, idx = make_case(T, D, dtype, device, K=adapters)
     r = res if residual else None
     nbytes = (4 if residual else 2) * T * D * x.element_size()
     src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device)
@@ -103,6 +103,8 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, nargs="+", default=None)
     p.add_argument("--no-residual", action="store_true", help="time the norm without the residual add")
     p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--adapters", type=int, default=4,
+                   help="adapters in the table; tokens pick one of them or none (1 = the common serving case)")
     args = p.parse_args(argv)
     gpu = args.device == "cuda"
     dtype = DTYPES[args.dtype or ("bf16" if gpu else "fp32")]
@@ -110,12 +112,13 @@ def main(argv=None) -> int:
     hidden = args.hidden or ([576, 2048, 4096, 8192] if gpu else [576, 2048])
     iters = args.iters or (100 if gpu else 20)
     backend = dispatch.BACKEND if gpu else "torch"
-    print(f"device={args.device} backend={backend} dtype={dtype} iters={iters} torch={torch.__version__}")
+    print(f"device={args.device} backend={backend} dtype={dtype} iters={iters} adapters={args.adapters} "
+          f"torch={torch.__version__}")
     print(HEADER)
     for D in hidden:
         for T in tokens:
-            print(format_row(bench_case(T, D, dtype, args.device, not args.no_residual, iters, backend)),
-                  flush=True)
+            row = bench_case(T, D, dtype, args.device, not args.no_residual, iters, backend, args.adapters)
+            print(format_row(row), flush=True)
     return 0
 
 
