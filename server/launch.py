@@ -28,7 +28,8 @@ def free_port() -> int:
 
 def fairsteer_argv(model: str, adapters: dict[str, str], port: int, *, fairsteer_options: tuple = (),
                    engine_options: tuple = ()) -> list[str]:
-    argv = [sys.executable, "-m", "server.cli", "serve", "--model", model, "--port", str(port)]
+    # The installed console script, as a user runs it (`python -m server.cli` would load cli.py twice).
+    argv = [str(Path(sys.executable).parent / "fairsteer"), "serve", "--model", model, "--port", str(port)]
     for name, path in adapters.items():
         argv += ["--adapter", f"{name}={path}"]
     return argv + list(fairsteer_options) + ["--", *engine_options]
