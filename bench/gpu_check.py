@@ -158,7 +158,7 @@ def graph_check(log):
     return results
 
 
-def tuning_sweep(bk, log, device, T, hiddens, block_ts, warps_list, deadline):
+def tuning_sweep(bk, log, device, T, hiddens, block_ts, warps_list, deadline, iters=50):
     """Time (rows per program, warps) launch shapes of the fused kernel with residual; bf16 on GPU."""
     import torch
 
@@ -169,14 +169,14 @@ def tuning_sweep(bk, log, device, T, hiddens, block_ts, warps_list, deadline):
         x, res, w, a, b, s, idx = bk.make_case(T, D, dtype, device)
         block_d = min(tk.triton.next_power_of_2(D), tk.MAX_BLOCK_D)
         src = torch.empty(4 * T * D * x.element_size() // 2, dtype=torch.uint8, device=device)
-        t_copy = bk.time_fn(functools.partial(torch.empty_like(src).copy_, src), device, 50)
+        t_copy = bk.time_fn(functools.partial(torch.empty_like(src).copy_, src), device, iters)
         for block_t in block_ts:
             for warps in warps_list:
                 if block_t * block_d > 16384 or time.time() > deadline:
                     continue
                 fn = functools.partial(tk.rms_norm_steer, x, w, 1e-6, a, b, s, idx, residual=res,
                                        block_t=block_t, num_warps=warps)
-                t = bk.time_fn(fn, device, 50)
+                t = bk.time_fn(fn, device, iters)
                 rows.append({"hidden": D, "block_t": block_t, "num_warps": warps, "us": t * 1e6,
                              "of_copy": t_copy / t})
         if not any(r["hidden"] == D for r in rows):
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     save()
     deadline = started + args.budget_s
     if not gpu:                                                   # exercise the code on a toy case
-        results["tuning"] = tuning_sweep(bk, log, device, 8, (64,), (1, 2), (4,), deadline)
+        results["tuning"] = tuning_sweep(bk, log, device, 8, (64,), (1, 2), (4,), deadline, iters=2)
     else:
         results["tuning"] = tuning_sweep(bk, log, device, 16384, (576, 2048, 4096, 8192), (1, 2, 4, 8, 16),
                                          (4, 8, 16), deadline)
