@@ -19,13 +19,16 @@ from server.cli import UsageError
 def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="measure bias and capability per strength",
                                    description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="model folder or alias (smollm2-135m-instruct)")
+    parser.add_argument("--model", help="model folder or alias (smollm2-135m-instruct)")
     parser.add_argument("--adapter", action="append", default=[], help="adapter file; repeat to compare")
     parser.add_argument("--strengths", default="0,0.25,0.5,0.75,1", help="comma-separated ω values")
     parser.add_argument("--data", default="generated", help="'generated', 'synthbias:PATH', 'winobias:PATH'")
     parser.add_argument("--n-eval", type=int, default=300, help="held-out prompts per kind")
     parser.add_argument("--mmlu", help="MMLU folder or tarball (e.g. ../shared/data/mmlu)")
     parser.add_argument("--mmlu-n", type=int, default=200, help="MMLU questions (subject-balanced subset)")
+    parser.add_argument("--mmlu-strengths", help="strengths at which to measure MMLU (default: all)")
+    parser.add_argument("--combine", nargs="+", metavar="DIR",
+                        help="no model: merge the report.json of earlier runs (same data) into --out")
     parser.add_argument("--seed", type=int, default=0, help="split seed; must match training's")
     parser.add_argument("--holdout-occupations", default="", help="as given to training")
     parser.add_argument("--no-prompting", action="store_true", help="skip the prompting-only reference row")
@@ -55,6 +58,10 @@ def run(args) -> int:
     from trainer import data, evaluate, mmlu, report, task
     from trainer.train_command import peak_rss_mb
 
+    if args.combine:
+        return _combine(args.combine, args.out)
+    if not args.model:
+        raise UsageError("--model is required (a model folder or smollm2-135m-instruct)")
     strengths = parse_strengths(args.strengths)
     if args.n_eval < 2:
         raise UsageError("--n-eval must be at least 2 (standard errors need two examples)")
@@ -74,7 +81,9 @@ def run(args) -> int:
     log = lambda msg: print(msg, file=sys.stderr)
     result = evaluate.evaluate_all(model, tokenizer, pad_id, splits.eval_ambiguous, splits.eval_resolvable,
                                    questions, adapters, strengths, prompting=not args.no_prompting,
-                                   batch_size=args.batch_size, log=log)
+                                   batch_size=args.batch_size, log=log,
+                                   mmlu_strengths=parse_strengths(args.mmlu_strengths) if args.mmlu_strengths
+                                   else None)
     header = {"model": args.model, "data": args.data, "settings": {
         "strengths": strengths, "n_eval": args.n_eval, "mmlu": args.mmlu, "mmlu_n": len(questions),
         "seed": args.seed, "holdout_occupations": list(holdout),
@@ -91,6 +100,41 @@ def run(args) -> int:
     _print_summary(report.group(result["rows"]))
     print(f"wrote {path} and {path.parent / 'tradeoff.png'} in {header['eval_minutes']} min, "
           f"peak memory {header['peak_rss_mb']} MB")
+    return 0
+
+
+def _combine(dirs: list[str], out: str) -> int:
+    """One report and plot from several runs: their base rows must agree (same model, data, split)."""
+    import json
+    from pathlib import Path
+
+    from trainer import report
+
+    reports = []
+    for d in dirs:
+        path = Path(d) / "report.json"
+        if not path.is_file():
+            raise UsageError(f"--combine {d}: no report.json there")
+        reports.append(json.loads(path.read_text()))
+    first = reports[0]
+    rows = []
+    for r in reports:
+        if (r["model"], r["data"], r["settings"]["n_eval"], r["settings"]["seed"]) != (
+                first["model"], first["data"], first["settings"]["n_eval"], first["settings"]["seed"]):
+            raise UsageError("--combine: the reports measure different models, data or splits; "
+                             "combine only runs with the same --model, --data, --n-eval and --seed")
+        for label, method_rows in r["methods"].items():
+            if label == "base" and rows:
+                continue
+            rows += [row for row in method_rows if not any(
+                x["method"] == row["method"] and x["strength"] == row["strength"] for x in rows)]
+    header = {k: v for k, v in first.items() if k not in ("methods", "targets")}
+    header["combined_from"] = [str(d) for d in dirs]
+    header["settings"] = {**first["settings"], "adapters": {
+        k: v for r in reports for k, v in r["settings"].get("adapters", {}).items()}}
+    path = report.write({"rows": rows}, out, header)
+    _print_summary(report.group(rows))
+    print(f"wrote {path} and {path.parent / 'tradeoff.png'}")
     return 0
 
 

@@ -123,13 +123,15 @@ def mmlu_metrics(probs: torch.Tensor, prompts: list[task.Prompt]) -> dict:
 
 
 def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_questions, adapters: dict,
-                 strengths: list[float], prompting: bool = True, batch_size: int = 16, log=print) -> dict:
+                 strengths: list[float], prompting: bool = True, batch_size: int = 16, log=print,
+                 mmlu_strengths: list[float] | None = None) -> dict:
     """Rows of metrics: the base model, each adapter at each strength > 0, and the prompting reference.
 
     Args:
         ambiguous, resolvable: evaluation `Example`s (held out from training).
         mmlu_questions: `trainer.mmlu.Question`s, or an empty list to skip MMLU.
         adapters: method label -> `adapters.hf.Steering`.
+        mmlu_strengths: the strengths at which MMLU is measured (None: all); its prompts are long.
     """
     amb = task.coref_prompts(tokenizer, ambiguous)
     res = task.coref_prompts(tokenizer, resolvable)
@@ -143,7 +145,7 @@ def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_ques
         row.update(coref_metrics(probs[: len(amb)], prompts[: len(amb)], "ambiguous"))
         row.update(coref_metrics(probs[len(amb):], prompts[len(amb):], "resolvable"))
         row["kl_to_base"], row["kl_to_base_se"] = (0.0, 0.0) if kl is None else _mean_se(kl.numpy())
-        if mm_prompts:
+        if mm_prompts and (mmlu_strengths is None or strength in mmlu_strengths):
             row.update(mmlu_metrics(score(model, mm_prompts, pad_id, steering, strength, batch_size)[0],
                                     mm_prompts))
         return row, logp

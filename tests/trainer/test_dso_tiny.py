@@ -91,6 +91,9 @@ def test_baselines_and_eval_report_with_calibration(tiny_dir, tmp_path):
                 "unambiguous_accuracy_anti", "other_rate", "kl_to_base"):
         assert key in row and f"{key}_se" in row
     assert (out / "tradeoff.png").stat().st_size > 1000
+    assert main(["eval", "--combine", str(out), str(out), "--out", str(tmp_path / "both")]) == 0
+    combined = json.loads((tmp_path / "both" / "report.json").read_text())
+    assert combined["methods"] == report["methods"], "combining a run with itself adds nothing"
     calibrated = io.load(files[0])
     assert [r["strength"] for r in calibrated.meta.calibration] == [0.0, 1.0]
     assert calibrated.version == version, "calibration is metadata: the adapter's version must not change"

@@ -84,7 +84,9 @@ def test_male_answering_model_on_gender_balanced_data():
     """A model that always names the male-majority occupation: pro for 'he', anti for 'she' prompts.
     Per occupation the two cancel: bias 0, while the per-example gaps are +-1 (standard error known)."""
     prompts = task.coref_prompts(tiny_tokenizer(), _examples())
-    male = lambda p: "pro" if p.labels and _pronoun_male(prompts, p) else "anti"  # noqa: E731
+    def male(p):
+        return "pro" if _pronoun_male(p) else "anti"
+
     m = evaluate.coref_metrics(_probs(prompts, male), prompts, "ambiguous")
     assert m["per_occupation_bias"] == pytest.approx(0.0)
     n = m["n_ambiguous"]
@@ -92,7 +94,7 @@ def test_male_answering_model_on_gender_balanced_data():
     assert m["stereotype_gap_se"] == pytest.approx(np.std([1, -1] * (n // 2), ddof=1) / math.sqrt(n))
 
 
-def _pronoun_male(prompts, p) -> bool:
+def _pronoun_male(p) -> bool:
     return not data.pronoun_is_female(_examples()[p.index].pronoun)
 
 
