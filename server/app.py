@@ -62,6 +62,9 @@ async def serve(args: argparse.Namespace, registry: SteeringRegistry) -> None:
         app = build_app(args, supported_tasks, engine_client.model_config)
         app.state.fairsteer_registry = registry
         add_steering(app, lambda: app.state.fairsteer_registry)
+        from server.reliability import install  # issue 6: auth, body limit, admin routes, health
+
+        await install(app, engine_client)
         await init_app_state(engine_client, app.state, args, supported_tasks)
         _announce(registry, listen_address)
         shutdown_task = await serve_http(

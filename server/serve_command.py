@@ -40,6 +40,9 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("engine_options", nargs=argparse.REMAINDER,
                    help="after `--`: vLLM engine/server options, passed through")
+    from server.reliability import add_flags  # issue 6: --api-key --admin-key --adapter-dir ...
+
+    add_flags(p)
     p.set_defaults(run=run)
 
 
@@ -67,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     registry = load_registry(served_name, table, _identity(model_path), args.default_adapter,
                              args.default_fairness_strength, args.max_fairness_strength)
     kwargs = _plugin_kwargs(model_path, table)
+    from server.reliability import configure  # issue 6: auth, limits, run-time adapters
+
+    kwargs = configure(args, model_path, table, kwargs, options)
     return _serve(model_path, args.host, args.port, options, kwargs, registry)
 
 

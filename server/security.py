@@ -1,0 +1,188 @@
+"""Authentication and request-size limits for `fairsteer serve`: one ASGI middleware, outermost.
+
+    API key     (--api-key or FAIRSTEER_API_KEY)    required on every route except OPEN_PATHS
+    admin key   (--admin-key or FAIRSTEER_ADMIN_KEY) required on ADMIN_PREFIX (adapter management);
+                                                    also accepted wherever the API key is
+    body limit  (--max-request-bytes)               larger bodies get 413 before anything parses them
+
+Keys travel as `Authorization: Bearer KEY` (what the `openai` client sends). Keys are compared as SHA-256
+digests with `hmac.compare_digest`, so neither a key's content nor its length leaks through timing.
+Rejections use OpenAI's error shape: 401 for a missing or wrong key, 403 for the API key on an admin route
+(valid, but not allowed there), 413 for an oversized body. Health, metrics and the API's documentation stay
+open so probes and Prometheus need no secret; none of them shows a key or any request text.
+
+The middleware sits outside vLLM's and the steering middleware, so nothing reads a body before it is
+authenticated and bounded.
+"""
+
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+ADMIN_PREFIX = "/v1/admin/"
+OPEN_PATHS = frozenset({"/health", "/ping", "/metrics", "/version", "/openapi.json", "/docs", "/redoc",
+                        "/docs/oauth2-redirect"})
+DEFAULT_MAX_REQUEST_BYTES = 1024**2  # 1 MiB: about 250k tokens of text, far above any context served here
+API_KEY_ENV, ADMIN_KEY_ENV = "FAIRSTEER_API_KEY", "FAIRSTEER_ADMIN_KEY"
+_ERROR_TYPES = {401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError", 409: "ConflictError",
+                413: "RequestTooLargeError", 503: "ServiceUnavailableError"}
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    api_key: str | None = None          # None: the API is open (loopback development)
+    admin_key: str | None = None        # None: adapter management is disabled
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+    @classmethod
+    def from_options(cls, api_key: str | None, admin_key: str | None,
+                     max_request_bytes: int) -> "SecuritySettings":
+        """Flags win over the environment; raises ValueError naming the problem and the fix."""
+        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        admin_key = admin_key if admin_key is not None else os.environ.get(ADMIN_KEY_ENV)
+        for flag, key in (("--api-key", api_key), ("--admin-key", admin_key)):
+            if key is not None and (len(key) < 8 or key != key.strip()):
+                raise ValueError(f"{flag} must be at least 8 characters without surrounding spaces")
+        if api_key is not None and api_key == admin_key:
+            raise ValueError("--admin-key must differ from --api-key: every API client would be an admin")
+        if max_request_bytes < 1024:
+            raise ValueError(f"--max-request-bytes must be at least 1024; got {max_request_bytes}")
+        return cls(api_key or None, admin_key or None, max_request_bytes)
+
+
+def openai_error(status: int, message: str, param: str | None = None) -> bytes:
+    error = {"message": message, "type": _ERROR_TYPES.get(status, "BadRequestError"), "param": param,
+             "code": status}
+    return json.dumps({"error": error}).encode()
+
+
+async def send_error(send: Send, status: int, message: str, param: str | None = None,
+                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    body = openai_error(status, message, param)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class SecurityMiddleware:
+    def __init__(self, app: Callable, settings: SecuritySettings):
+        self.app, self.settings = app, settings
+        self._api = _digest(settings.api_key) if settings.api_key else None
+        self._admin = _digest(settings.admin_key) if settings.admin_key else None
+
+    def _role(self, token: str | None) -> str | None:
+        """'admin', 'api' or None; both digests are always compared (no early exit on a match)."""
+        given = _digest(token or "")
+        is_admin = self._admin is not None and hmac.compare_digest(given, self._admin)
+        is_api = self._api is not None and hmac.compare_digest(given, self._api)
+        return "admin" if is_admin else "api" if is_api else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        if path not in OPEN_PATHS:
+            problem = self._check_key(path, _bearer(scope))
+            if problem:
+                status, message = problem
+                extra = ((b"www-authenticate", b"Bearer"),) if status == 401 else ()
+                return await send_error(send, status, message, headers=extra)
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            body = await self._bounded_body(scope, receive, send)
+            if body is None:
+                return
+            receive = _replay(body, receive)
+        await self.app(scope, receive, send)
+
+    def _check_key(self, path: str, token: str | None) -> tuple[int, str] | None:
+        if path.startswith(ADMIN_PREFIX):
+            if self._admin is None:
+                return None  # admin routes are not installed; vLLM answers 404
+            role = self._role(token)
+            if role == "admin":
+                return None
+            if role == "api":
+                return 403, "the API key may not manage adapters; use the admin key (--admin-key)"
+            return 401, "missing or invalid admin key; send `Authorization: Bearer <admin key>`"
+        if self._api is None or self._role(token) is not None:
+            return None
+        return 401, "missing or invalid API key; send `Authorization: Bearer <API key>` (openai: api_key=...)"
+
+    async def _bounded_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or None after answering 413 (declared or actual size over the limit)."""
+        limit = self.settings.max_request_bytes
+        message = (f"request body exceeds this server's limit of {limit} bytes (--max-request-bytes); "
+                   "send a shorter prompt")
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await send_error(send, 413, message)
+            return None
+        chunks, size = [], 0
+        while True:
+            event = await receive()
+            if event["type"] != "http.request":
+                break  # the client went away; the app sees the disconnect on its next receive
+            chunk = event.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await send_error(send, 413, message)
+                return None
+            chunks.append(chunk)
+            if not event.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that yields `body` once, then the real channel (disconnects still reach the app)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+def install_security(app, settings: SecuritySettings) -> None:
+    """Put the middleware outermost on vLLM's app (before CORS, vLLM's own auth and steering)."""
+    from starlette.middleware import Middleware
+
+    app.user_middleware.insert(0, Middleware(SecurityMiddleware, settings=settings))
+    if app.middleware_stack is not None:
+        app.middleware_stack = app.build_middleware_stack()
