@@ -209,8 +209,12 @@ def add_admin_routes(app: FastAPI, manager: AdapterManager) -> None:
     tags = ["fairsteer admin"]
     app.add_api_route("/v1/admin/adapters", list_slots, methods=["GET"], tags=tags,
                       summary="Adapter slots: live and draining versions (admin key)")
+    body_schema = {"type": "object", "required": ["file"], "properties": {"file": {
+        "type": "string", "description": "an adapter file, relative to one of the --adapter-dir folders"}}}
     app.add_api_route("/v1/admin/adapters/{name}", put_adapter, methods=["PUT"], tags=tags,
-                      summary="Load or replace an adapter from an --adapter-dir file (admin key)")
+                      summary="Load or replace an adapter from an --adapter-dir file (admin key)",
+                      openapi_extra={"requestBody": {"required": True,
+                                                     "content": {"application/json": {"schema": body_schema}}}})
     app.add_api_route("/v1/admin/adapters/{name}", delete_adapter, methods=["DELETE"], tags=tags,
                       summary="Unload an adapter (admin key)")
 

@@ -124,7 +124,7 @@ class SecurityMiddleware:
             if body is None:
                 return
             receive = _replay(body, receive)
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, _OpenAIErrors(send).send)
 
     def _check_key(self, path: str, token: str | None) -> tuple[int, str] | None:
         if path.startswith(ADMIN_PREFIX):
@@ -163,6 +163,54 @@ class SecurityMiddleware:
             if not event.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+class _OpenAIErrors:
+    """Rewrites error responses not already in OpenAI's shape (e.g. FastAPI's `{"detail": ...}` for a body
+    that is not JSON, Starlette's 404/405) into it, keeping the status; other responses pass untouched."""
+
+    def __init__(self, send: Send):
+        self._send = send
+        self._start: Message | None = None
+        self._body = b""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            self._start = message
+            return
+        if self._start is None or message["type"] != "http.response.body":
+            return await self._send(message)
+        self._body += message.get("body", b"")
+        if message.get("more_body", False):
+            return
+        status, body = self._start["status"], self._body
+        if not _is_openai_error(body):
+            body = openai_error(status, _detail(body, status))
+        headers = [(k, v) for k, v in self._start.get("headers", [])
+                   if k.lower() not in (b"content-length", b"content-type")]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await self._send(dict(self._start, headers=headers))
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _is_openai_error(body: bytes) -> bool:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and isinstance(data.get("error"), dict) and "message" in data["error"]
+
+
+def _detail(body: bytes, status: int) -> str:
+    try:
+        detail = json.loads(body).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    if detail is None:
+        detail = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
+    if status == 400 and detail == "There was an error parsing the body":
+        detail = "the request body is not valid JSON; send a JSON object"
+    return detail if isinstance(detail, str) else json.dumps(detail)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
