@@ -38,6 +38,9 @@ def register(subparsers) -> None:
                    help="requests above it get HTTP 400 (default 2.0; 1.0 is the trained map)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--group-lexicon", metavar="FILE",
+                   help="JSON lexicon of the groups counted in /metrics (default: the gender lexicon; "
+                        "format in server/lexicons)")
     p.add_argument("engine_options", nargs=argparse.REMAINDER,
                    help="after `--`: vLLM engine/server options, passed through")
     from server.reliability import add_flags  # issue 6: --api-key --admin-key --adapter-dir ...
@@ -65,10 +68,13 @@ def run(args: argparse.Namespace) -> int:
     options += engine_options
     served_name = _served_name(options, model_path)
 
+    from server import group_metrics
     from server.registry import load_registry
 
+    group_metrics.configure(args.group_lexicon, [served_name])  # a bad lexicon stops start-up here
     registry = load_registry(served_name, table, _identity(model_path), args.default_adapter,
                              args.default_fairness_strength, args.max_fairness_strength)
+    group_metrics.set_loaded_adapters(registry.adapters)
     kwargs = _plugin_kwargs(model_path, table)
     from server.reliability import configure  # issue 6: auth, limits, run-time adapters
 

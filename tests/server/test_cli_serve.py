@@ -58,6 +58,7 @@ def test_plugin_that_would_not_load_stops_start_up(tiny_llama, boost_adapter):
     (["--default-adapter", "nope"], ["--default-adapter 'nope'"]),
     (["--adapter", "no-equals-sign"], ["NAME=FILE"]),
     (["stray"], ["after `--`"]),
+    (["--group-lexicon", "/nonexistent/lexicon.json"], ["does not exist", "--group-lexicon"]),
 ])
 def test_bad_options_are_refused_with_the_fix(tiny_llama, boost_adapter, args, words, capsys):
     status = cli.main(["serve", "--model", str(tiny_llama), "--adapter", f"boost={boost_adapter.path}", *args])
