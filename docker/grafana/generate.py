@@ -110,7 +110,8 @@ def adapter_panels(y: int) -> list[dict]:
         row("Adapters and health", y),
         panel("table", "Loaded adapters and versions", (0, y + 1, 12, 6),
               [target("max by (adapter, version, method) (fairsteer_adapter_info{adapter=~\"$adapter\"})",
-                      instant=True, fmt="table")], showHeader=True),
+                      instant=True, fmt="table")], showHeader=True)
+        | {"transformations": [{"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True}}}]},
         panel("stat", "KV cache usage", (12, y + 1, 6, 6),
               [target(f"max(vllm:kv_cache_usage_perc{{{VSEL}}})", "KV cache")], unit="percentunit"),
         panel("stat", "Counting errors (dashboard range)", (18, y + 1, 6, 6),
