@@ -175,3 +175,26 @@ def test_a_bad_lexicon_is_a_usage_error_for_the_command_line(tmp_path):
     from server.cli import UsageError
 
     assert issubclass(LexiconError, UsageError), "fairsteer serve prints it without a traceback (exit 2)"
+
+
+def test_metrics_aggregate_in_vllms_multiprocess_mode(tmp_path):
+    # vLLM sets PROMETHEUS_MULTIPROC_DIR for --api-server-count > 1 and serves a MultiProcessCollector;
+    # prometheus_client picks file-backed values at import, hence a fresh interpreter per "API server".
+    import subprocess
+    import sys
+
+    script = (
+        "from server import group_metrics\n"
+        "group_metrics.configure(None, ['m'])\n"
+        "group_metrics.observe_completion('m', None, 0.5, 'she and he and she')\n"
+    )
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=lexicons.DEFAULT_PATH.parents[2])
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
+    labels = {"model_name": "m", "adapter": "none", "strength_bucket": "(0.25,0.5]", "axis": "gender"}
+    assert registry.get_sample_value("fairsteer_group_terms_total", {**labels, "group": "female"}) == 4
+    assert registry.get_sample_value("fairsteer_lexicon_terms", {"axis": "gender", "group": "male"}) > 0
