@@ -102,7 +102,6 @@ class SteeringStateProcessor(LogitsProcessor):
         # A fresh persistent batch (vLLM may rebuild it) starts empty.
         STATE.row_strength_cpu.zero_()
         STATE.row_index_cpu.zero_()
-        STATE.rows_dirty = True
         STATE.finish_update(0)
 
     def is_argmax_invariant(self) -> bool:

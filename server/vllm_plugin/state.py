@@ -27,7 +27,7 @@ class SteeringState:
         if self.ready:
             return
         self.device = device
-        # Host copies are the source of truth for rows; the device copy is refreshed when dirty.
+        # Host copies are the source of truth for rows; `finish_update` publishes them to the device.
         self.row_strength_cpu = torch.zeros(max_num_seqs + 1, dtype=torch.float32)
         self.row_index_cpu = torch.zeros(max_num_seqs + 1, dtype=torch.int32)
         self.row_strength = torch.zeros(max_num_seqs + 1, dtype=torch.float32, device=device)
@@ -35,7 +35,6 @@ class SteeringState:
         self.strength = torch.zeros(max_num_tokens, dtype=torch.float32, device=device)  # (T_max,)
         self.index = torch.zeros(max_num_tokens, dtype=torch.int32, device=device)       # (T_max,)
         self.positions = torch.arange(max_num_tokens, dtype=torch.int64, device=device)
-        self.rows_dirty = False
         self.ready = True
 
     # ---- rows: driven by the logits processor's update_state ----------------------------------------
@@ -43,7 +42,6 @@ class SteeringState:
     def set_row(self, row: int, strength: float, index: int) -> None:
         self.row_strength_cpu[row] = strength
         self.row_index_cpu[row] = index
-        self.rows_dirty = True
 
     def clear_row(self, row: int) -> None:
         self.set_row(row, 0.0, 0)
@@ -59,9 +57,16 @@ class SteeringState:
         self.set_row(j, si, ii)
 
     def finish_update(self, batch_size: int) -> None:
+        """Publish the row tables to the device: outside any captured graph, into fixed buffers.
+
+        A blocking copy from pageable memory: the host tables may change again before an asynchronous
+        copy would have run.
+        """
         self.num_reqs = batch_size
         steered = (self.row_strength_cpu[:batch_size] != 0) & (self.row_index_cpu[:batch_size] != 0)
         self.any_steered = bool(steered.any())
+        self.row_strength.copy_(self.row_strength_cpu)
+        self.row_index.copy_(self.row_index_cpu)
 
     # ---- tokens: once per forward, before the (possibly compiled) decoder runs ----------------------
 
@@ -73,11 +78,10 @@ class SteeringState:
             query_start_loc: (R + 1,) cumulative token offsets of the batch rows, or None for a
                 dummy/profiling run (then every token is unsteered).
         """
-        if self.rows_dirty:
-            self.row_strength.copy_(self.row_strength_cpu, non_blocking=True)
-            self.row_index.copy_(self.row_index_cpu, non_blocking=True)
-            self.rows_dirty = False
-        if query_start_loc is None or not self.any_steered:
+        # CPU may skip work when nothing is steered; on CUDA this code can be captured in a full CUDA graph,
+        # so it must not branch on per-step values: the same device ops run every step.
+        skip = self.device.type == "cpu" and not self.any_steered
+        if query_start_loc is None or skip:
             self.strength[:num_tokens].zero_()
             self.index[:num_tokens].zero_()
             return

@@ -1,0 +1,58 @@
+"""The steered Qwen2, Qwen3 and Gemma3 classes in a real vLLM CPU engine (Llama: test_vllm_plugin.py).
+
+One steered engine per architecture (tiny random model, random adapter at every site): strength 0 equals
+the request without steering, strength 1 changes the output, and a mixed batch equals each request alone.
+"""
+
+import pytest
+import torch
+from tiny_models import save_tiny_model
+from transformers import AutoConfig
+from vllm import LLM, SamplingParams
+
+from adapters import io
+from adapters.sites import all_sites
+from adapters.spec import AdapterMeta, ModelIdentity, SteeringSpec
+from server.vllm_plugin import ADAPTER_KEY, STRENGTH_KEY, engine_kwargs
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+PROMPTS = ["The doctor called the nurse because", "Hello world!", "The quick brown fox jumps over",
+           "The mechanic helped the baker", "The capital of France is"]
+
+
+def greedy(llm: LLM, requests: list[tuple[str, dict | None, int]]) -> list[list[int]]:
+    """Token ids of greedy completions for (prompt, extra_args, max_tokens), one batch, salted per setting."""
+    prompts = [{"prompt": p, "cache_salt": repr(extra)} for p, extra, _ in requests]
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, extra_args=extra)
+              for _, extra, n in requests]
+    return [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
+
+
+def random_adapter(model_dir, out_dir) -> str:
+    identity = ModelIdentity.from_config(AutoConfig.from_pretrained(model_dir))
+    sites = all_sites(identity.num_layers)
+    gen = torch.Generator().manual_seed(2)
+    a = 0.5 * torch.randn(len(sites), identity.hidden_size, generator=gen)
+    b = 2.0 * torch.randn(len(sites), identity.hidden_size, generator=gen)
+    meta = AdapterMeta(name="rand", method="random", base_model=str(model_dir), identity=identity)
+    return str(io.save(SteeringSpec(sites, a, b, meta), out_dir / "rand.safetensors"))
+
+
+@pytest.mark.parametrize("arch", ["Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM"])
+def test_steered_architecture_serves_per_request_strengths(arch, tmp_path):
+    model = save_tiny_model(tmp_path / arch, arch)
+    llm = LLM(model=str(model), enforce_eager=True, distributed_executor_backend="uni", dtype="float32",
+              kv_cache_memory_bytes=64 << 20, max_model_len=512, seed=0, max_num_seqs=4,
+              **engine_kwargs(str(model), {"rand": random_adapter(model, tmp_path)}))
+    try:
+        def rand(strength):
+            return {ADAPTER_KEY: "rand", STRENGTH_KEY: strength}
+
+        plain = greedy(llm, [(p, None, 8) for p in PROMPTS])
+        assert greedy(llm, [(p, rand(0.0), 8) for p in PROMPTS]) == plain
+        assert greedy(llm, [(p, rand(1.0), 8) for p in PROMPTS]) != plain, f"{arch}: strength 1 must steer"
+        requests = [(p, rand((0.0, 0.3, 1.0)[i % 3]), 4 + i) for i, p in enumerate(PROMPTS)]
+        assert greedy(llm, requests) == [greedy(llm, [r])[0] for r in requests], "mixed batch must equal solo"
+    finally:
+        llm.llm_engine.engine_core.shutdown()
