@@ -1,0 +1,78 @@
+"""Fixtures for the reliability tests: a tiny model, an adapter folder with good and bad files, keys.
+
+    rel_model      Path of a 2-layer, 128-wide random Llama (tests/tiny_models.py), built once per session
+    adapter_dir    a folder served with --adapter-dir: A.safetensors and B.safetensors (two random adapters
+                   at every site, different seeds), corrupt.safetensors (not safetensors), wrong.safetensors
+                   (valid, for a 64-wide model), escape.safetensors (a symlink to a file outside the folder);
+                   outside.safetensors lies next to the folder, reachable only by traversal
+    start_server   starts `fairsteer serve` on 127.0.0.1 with the keys in its environment; stopped by PID
+
+Each test module shares one server (start-up costs about 30-60 s on 2 cores).
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from reliability.helpers import ADMIN_KEY, API_KEY
+from tiny_models import save_tiny_model, tiny_config
+from transformers import AutoConfig
+
+from adapters import io
+from adapters.sites import all_sites
+from adapters.spec import AdapterMeta, ModelIdentity, SteeringSpec
+from server.launch import ServerProcess, fairsteer_argv, free_port
+
+# Small engine: 256 tokens of context are enough for every prompt here and bound any generation.
+ENGINE = ("--kv-cache-memory-bytes", str(64 * 1024**2), "--max-model-len", "256")
+
+
+def random_spec(name: str, identity: ModelIdentity, seed: int) -> SteeringSpec:
+    sites = all_sites(identity.num_layers)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (len(sites), identity.hidden_size)
+    a, b = 0.5 * torch.randn(shape, generator=gen), 2.0 * torch.randn(shape, generator=gen)
+    meta = AdapterMeta(name=name, method="constructed", base_model="tiny", identity=identity,
+                       training={"note": "random, for reliability tests"})
+    return SteeringSpec(sites, a, b, meta)
+
+
+@pytest.fixture(scope="session")
+def rel_model(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("rel-model"), "LlamaForCausalLM", seed=0)
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(rel_model, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("rel-adapters")
+    folder = root / "served"
+    folder.mkdir()
+    identity = ModelIdentity.from_config(AutoConfig.from_pretrained(rel_model))
+    io.save(random_spec("A", identity, seed=1), folder / "A.safetensors")
+    io.save(random_spec("B", identity, seed=2), folder / "B.safetensors")
+    (folder / "corrupt.safetensors").write_bytes(b"\x80\x04 this is not a safetensors file (nor a pickle)")
+    wrong = ModelIdentity.from_config(tiny_config("LlamaForCausalLM", hidden=64))
+    io.save(random_spec("wrong", wrong, seed=3), folder / "wrong.safetensors")
+    outside = io.save(random_spec("outside", identity, seed=4), root / "outside.safetensors")
+    (folder / "escape.safetensors").symlink_to(outside)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def start_server(rel_model, tmp_path_factory):
+    """start_server(adapters, *fairsteer_options) -> a healthy ServerProcess; all are stopped at the end."""
+    started: list[ServerProcess] = []
+
+    def start(adapters: dict[str, str], *options: str) -> ServerProcess:
+        port = free_port()
+        log = tmp_path_factory.mktemp("rel-logs") / f"server-{port}.log"
+        env = {"FAIRSTEER_API_KEY": API_KEY, "FAIRSTEER_ADMIN_KEY": ADMIN_KEY}
+        server = ServerProcess(fairsteer_argv(str(rel_model), adapters, port, fairsteer_options=options,
+                                              engine_options=ENGINE), port, log, env=env)
+        started.append(server)
+        server.start()
+        return server.wait_ready()
+
+    yield start
+    for server in started:
+        server.stop()

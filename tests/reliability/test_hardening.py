@@ -1,0 +1,235 @@
+"""Security and bad input against a real `fairsteer serve` (tiny model), then the engine dying under it.
+
+One server for the module: API key and admin key (from the environment), a 64 KiB body limit, adapters
+A and B, run-time adapter management on. Every rejection must be a 4xx in OpenAI's error shape and leave
+the server serving exactly as before; the last test kills the engine process and checks that requests
+and health fail clearly instead of hanging.
+"""
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from reliability.helpers import ADMIN_KEY, API_KEY, api_headers, assert_openai_error
+from schemathesis import GenerationMode
+
+pytestmark = pytest.mark.vllm
+
+BODY_LIMIT = 64 * 1024
+FUZZ_EXAMPLES = 25  # per operation and mode: bounded, about a minute in all on 2 cores
+
+
+@pytest.fixture(scope="module")
+def server(start_server, adapter_dir):
+    return start_server({"A": str(adapter_dir / "A.safetensors"), "B": str(adapter_dir / "B.safetensors")},
+                        "--max-request-bytes", str(BODY_LIMIT), "--adapter-dir", str(adapter_dir))
+
+
+@pytest.fixture(scope="module")
+def model(rel_model):
+    return str(rel_model)
+
+
+def greedy(server, model, key=API_KEY, **extra):
+    body = {"model": model, "prompt": "The doctor said", "max_tokens": 8, "temperature": 0.0,
+            "return_token_ids": True, **extra}
+    return httpx.post(server.url + "/v1/completions", json=body, headers=api_headers(key), timeout=60)
+
+
+def token_ids(server, model, **extra):
+    r = greedy(server, model, **extra)
+    assert r.status_code == 200, r.text
+    return r.json()["choices"][0]["token_ids"]
+
+
+@pytest.fixture(scope="module")
+def before(server, model):
+    """Outputs before any bad input: the server must still produce exactly these afterwards."""
+    return token_ids(server, model), token_ids(server, model, fairness_strength=1.0, steering="B")
+
+
+def test_api_requires_the_api_key(server, model, before):
+    for headers in ({}, {"Authorization": "Bearer wrong-key-123"}, {"Authorization": f"Basic {API_KEY}"},
+                    {"Authorization": f"Bearer {API_KEY}x"}):
+        r = httpx.post(server.url + "/v1/completions", json={"model": model, "prompt": "Hi"}, headers=headers)
+        error = assert_openai_error(r, 401)
+        assert "API key" in error["message"] and r.headers["www-authenticate"] == "Bearer"
+    assert_openai_error(httpx.get(server.url + "/v1/models"), 401)
+    assert_openai_error(httpx.get(server.url + "/v1/steerings"), 401)
+    assert greedy(server, model).status_code == 200
+    assert greedy(server, model, key=ADMIN_KEY).status_code == 200, "the admin key may use the API too"
+
+
+def test_admin_routes_need_the_admin_key_not_the_api_key(server):
+    url = server.url + "/v1/admin/adapters"
+    assert_openai_error(httpx.get(url), 401)
+    assert_openai_error(httpx.get(url, headers=api_headers("not-a-key-at-all")), 401)
+    error = assert_openai_error(httpx.get(url, headers=api_headers(API_KEY)), 403)
+    assert "admin key" in error["message"]
+    assert_openai_error(httpx.put(url + "/A", json={"file": "B.safetensors"}, headers=api_headers(API_KEY)), 403)
+    assert_openai_error(httpx.delete(url + "/B", headers=api_headers(API_KEY)), 403)
+    assert httpx.get(url, headers=api_headers(ADMIN_KEY)).status_code == 200
+
+
+def test_health_metrics_and_listings_reveal_no_secrets_or_texts(server, model):
+    marker = "zebra quartz marker"
+    assert greedy(server, model, prompt=marker).status_code == 200
+    pages = [httpx.get(server.url + path).text for path in ("/health", "/metrics", "/version")]
+    pages += [httpx.get(server.url + path, headers=api_headers(ADMIN_KEY)).text
+              for path in ("/v1/steerings", "/v1/admin/adapters", "/v1/models")]
+    for page in pages:
+        for secret in (API_KEY, ADMIN_KEY, marker):
+            assert secret not in page, f"{secret!r} leaked into a public page"
+
+
+def test_oversized_bodies_get_413_and_the_server_still_serves(server, model, before):
+    big = {"model": model, "prompt": "a " * BODY_LIMIT, "max_tokens": 1}
+    assert_openai_error(httpx.post(server.url + "/v1/completions", json=big, headers=api_headers()), 413)
+
+    def chunked():  # no Content-Length: the limit must hold on the bytes actually received
+        yield b'{"model": "m", "prompt": "'
+        for _ in range(BODY_LIMIT // 1024 + 1):
+            yield b"a" * 1024
+        yield b'"}'
+
+    r = httpx.post(server.url + "/v1/completions", content=chunked(),
+                   headers={**api_headers(), "content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert_openai_error(r, 413)
+    assert token_ids(server, model) == before[0]
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"max_tokens": 10**12}, "max_tokens"),
+    ({"max_tokens": -5}, "max_tokens"),
+    ({"prompt": "word " * 600}, None),          # far past the 256-token context, under the body limit
+    ({"prompt": list(range(3, 400))}, None),     # token ids past the context
+    ({"n": 10**9}, "n"),
+    ({"fairness_strength": 1e308}, "fairness_strength"),
+])
+def test_absurd_values_get_a_clear_400_and_the_server_still_serves(server, model, before, extra, param):
+    error = assert_openai_error(greedy(server, model, **extra), 400)
+    if param:
+        assert error["param"] == param or param in error["message"], error
+    else:
+        assert "context" in error["message"], error
+    assert token_ids(server, model, fairness_strength=1.0, steering="B") == before[1]
+
+
+def test_malformed_bodies_and_unknown_routes_get_openai_errors(server):
+    headers = {**api_headers(), "content-type": "application/json"}
+    for body in (b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'"a string"', b""):
+        r = httpx.post(server.url + "/v1/chat/completions", content=body, headers=headers)
+        assert 400 <= r.status_code < 500, r.text
+        assert_openai_error(r, r.status_code)
+    assert_openai_error(httpx.get(server.url + "/v1/no-such-route", headers=api_headers()), 404)
+    assert_openai_error(httpx.delete(server.url + "/v1/completions", headers=api_headers()), 405)
+
+
+def _fuzz(schema, url, path, method, model, mode, failures):
+    operation = schema[path][method]
+    steering_fields = st.fixed_dictionaries({}, optional={"fairness_strength": st.sampled_from([0, 0.5, 2.0]),
+                                                          "steering": st.sampled_from(["A", "B"])})
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+    @given(case=operation.as_strategy(generation_mode=mode), valid_model=st.booleans(), steering=steering_fields)
+    def run(case, valid_model, steering):
+        if isinstance(case.body, dict) and valid_model:  # reach past model validation half of the time
+            case.body["model"] = model
+            case.body.update(steering)
+        key = ADMIN_KEY if path.startswith("/v1/admin") else API_KEY
+        response = case.call(base_url=url, headers=api_headers(key), timeout=120)
+        status = response.status_code
+        if status >= 500:
+            failures.append(f"{method} {path} -> {status} for {case.body!r:.300}: {response.text[:300]}")
+        elif status >= 400:
+            try:
+                error = response.json()["error"]
+                assert isinstance(error["message"], str) and error["code"] == status
+            except (ValueError, KeyError, TypeError, AssertionError):
+                failures.append(f"{method} {path} -> {status} not in OpenAI's shape: {response.text[:300]}")
+
+    try:
+        run()
+    except Exception as exc:
+        if type(exc).__name__ != "Unsatisfiable":
+            raise
+
+
+def test_fuzzing_from_the_openapi_schema_finds_no_5xx(server, model, before):
+    schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
+    body = schema.raw_schema["components"]["schemas"]["CompletionRequest"]["properties"]
+    assert {"fairness_strength", "steering"} <= set(body), "the schema must document the steering fields"
+    failures: list[str] = []
+    targets = [("/v1/completions", "POST"), ("/v1/chat/completions", "POST"), ("/v1/steerings", "GET"),
+               ("/v1/admin/adapters/{name}", "PUT"), ("/v1/admin/adapters/{name}", "DELETE")]
+    for path, method in targets:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            _fuzz(schema, server.url, path, method, model, mode, failures)
+    assert not failures, "\n".join(failures[:20])
+    assert token_ids(server, model) == before[0], "fuzzing must leave the server unharmed"
+    assert token_ids(server, model, fairness_strength=1.0, steering="B") == before[1]
+
+
+def test_engine_death_gives_clear_errors_and_unhealthy_server_not_hangs(server, model):
+    """Last in the module: kills the engine core (a child of the server this module started)."""
+    engine_pid = _engine_core_pid(server.proc.pid)
+
+    async def long_stream():
+        body = {"model": model, "prompt": "Hi", "max_tokens": 200, "min_tokens": 200, "stream": True}
+        chunks = 0
+        async with httpx.AsyncClient(headers=api_headers(), timeout=60) as client, \
+                client.stream("POST", server.url + "/v1/completions", json=body) as r:
+            try:
+                async for _ in r.aiter_lines():
+                    chunks += 1
+                    if chunks == 2:
+                        os.kill(engine_pid, signal.SIGKILL)
+            except httpx.HTTPError:
+                pass  # the connection may end abruptly: that is an error, not a hang
+        return chunks
+
+    started = time.monotonic()
+    chunks = asyncio.run(long_stream())
+    assert chunks < 200, "the stream must end early once the engine is gone"
+    deadline = time.monotonic() + 60
+    statuses = []
+    while time.monotonic() < deadline:
+        try:
+            statuses.append(httpx.get(server.url + "/health", timeout=5).status_code)
+        except httpx.HTTPError:
+            statuses.append("down")
+        if statuses[-1] in (503, "down"):
+            break
+        time.sleep(0.5)
+    assert statuses[-1] in (503, "down"), f"health stayed {statuses[-1]} after the engine died"
+    try:
+        r = greedy(server, model)
+        assert r.status_code >= 500, "a request after engine death must fail, not succeed"
+    except httpx.HTTPError:
+        pass  # the server shut itself down: also a clear failure
+    assert time.monotonic() - started < 120, "errors must come promptly, not after a hang"
+
+
+def _engine_core_pid(server_pid: int) -> int:
+    """The PID of the server's engine-core child, found through /proc (no psutil needed)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            name = Path(f"/proc/{entry}/cmdline").read_bytes() + Path(f"/proc/{entry}/comm").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == server_pid and b"EngineCore" in name:
+            return int(entry)
+    raise AssertionError(f"no engine-core child of server {server_pid}")
