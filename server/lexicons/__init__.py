@@ -55,9 +55,7 @@ class Lexicon:
     def __post_init__(self) -> None:
         group_of = {term: group for group, terms in self.groups.items() for term in terms}
         object.__setattr__(self, "_group_of", group_of)
-        # Longest alternatives first: Python's regex takes the first alternative that matches.
-        alternatives = sorted(group_of, key=lambda t: (-len(t), t))
-        pattern = r"(?<!\w)(?:" + "|".join(_term_pattern(t) for t in alternatives) + r")(?!\w)"
+        pattern = r"(?<!\w)" + _trie_pattern(group_of) + r"(?!\w)"
         object.__setattr__(self, "_regex", re.compile(pattern, re.IGNORECASE))
 
     def count(self, text: str) -> dict[str, int]:
@@ -75,10 +73,33 @@ def _fold(term: str) -> str:
     return " ".join(term.casefold().replace("’", "'").split())
 
 
-def _term_pattern(term: str) -> str:
-    # Inner spaces match any whitespace run; an apostrophe matches either spelling of it.
-    parts = [re.escape(word) for word in term.split(" ")]
-    return r"\s+".join(parts).replace("'", "['’]")
+def _trie_pattern(terms) -> str:
+    """One regex for all terms, shaped as their prefix trie: "s(?:he|ister)" instead of "she|sister".
+
+    A flat alternation of a few hundred terms is tried term by term at every position (about 2 µs per
+    character here); the trie tries one character per level. Greedy optional tails with backtracking give
+    the longest term that ends on a word boundary. Inner spaces match any whitespace run; an apostrophe
+    matches either spelling of it.
+    """
+    trie: dict = {}
+    for term in terms:
+        node = trie
+        for char in term:
+            node = node.setdefault(char, {})
+        node[""] = {}  # a term ends here
+
+    def emit(node: dict) -> str:
+        alternatives = [_char_pattern(char) + emit(child) for char, child in sorted(node.items()) if char]
+        if not alternatives:
+            return ""
+        body = alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return emit(trie)
+
+
+def _char_pattern(char: str) -> str:
+    return {" ": r"\s+", "'": "['’]"}.get(char, re.escape(char))
 
 
 def load(path: str | Path | None = None) -> Lexicon:
