@@ -2,8 +2,11 @@
 
 import json
 import random
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY, generate_latest
 
 from server import group_metrics, lexicons, metrics
@@ -198,3 +201,19 @@ def test_metrics_aggregate_in_vllms_multiprocess_mode(tmp_path):
     labels = {"model_name": "m", "adapter": "none", "strength_bucket": "(0.25,0.5]", "axis": "gender"}
     assert registry.get_sample_value("fairsteer_group_terms_total", {**labels, "group": "female"}) == 4
     assert registry.get_sample_value("fairsteer_lexicon_terms", {"axis": "gender", "group": "male"}) > 0
+
+
+_WORDS = ["she", "he", "her", "hers", "herself", "hero", "sh", "s", "the", "SHE", "He", "them", "they", "theyre"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(_WORDS), st.sampled_from([" ", ", ", ".", "\n", "-", "'", "_", "2"])),
+                max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_trie_matching_equals_a_plain_word_split(pieces):
+    # For single-word terms, whole-word matching is exactly: split on non-word characters, look up each word.
+    lexicon = lexicons.parse({"format_version": 1, "axis": "g", "groups": {
+        "f": ["she", "her", "hers", "herself"], "m": ["he", "hero"], "n": ["they", "them"]}})
+    text = "".join(word + sep for word, sep in pieces)
+    words = re.findall(r"\w+", text.casefold())
+    expected = {g: sum(w in terms for w in words) for g, terms in lexicon.groups.items()}
+    assert lexicon.count(text) == expected, text
