@@ -7,8 +7,11 @@
                position averaged over prompts whose true referent is anti-stereotypical, minus the average
                over those whose referent is pro-stereotypical. Unpaired.
 Both at the site(s) of `cfg.sites`; with the default "all", one site, the middle layer's input norm, as
-CAA steers one layer (adding a full-size difference at all 61 sites would compound). At ω the adapter adds
-ω·v there; ω = 1 is the raw difference. ITI (per-head probing) is not implemented.
+CAA steers one layer (adding a full-size difference at all 61 sites would compound).
+Scale: the raw differences are small (SmolLM2 layer 15: |v| = 0.23 for CAA against activations of norm
+about 9), so v is rescaled to RELATIVE_NORM times the mean activation norm at its site: ω in [0, 1] then
+sweeps from no effect to a push as large as the activation itself, and the evaluation's strengths trace
+each baseline's whole trade-off curve. ITI (per-head probing) is not implemented.
 """
 
 import sys
@@ -20,6 +23,7 @@ from trainer import task
 from trainer.config import DSOConfig
 
 MAX_EXAMPLES = 160  # one option order each: enough for a stable mean, minutes on one CPU core
+RELATIVE_NORM = 1.0
 
 
 def default_sites(cfg: DSOConfig, sites: tuple[str, ...], num_layers: int) -> tuple[str, ...]:
@@ -54,7 +58,7 @@ def caa_vectors(model, tokenizer, pad_id, splits, sites) -> torch.Tensor:
     tok = {lab: [p.options[p.labels.index(lab)] for p in prompts] for lab in ("pro", "anti")}
     anti = site_activations(model, prompts, pad_id, sites, tok["anti"])
     pro = site_activations(model, prompts, pad_id, sites, tok["pro"])
-    return (anti - pro).mean(0)
+    return (anti - pro).mean(0), torch.cat([anti, pro]).norm(dim=-1).mean(0)
 
 
 def mean_diff_vectors(model, tokenizer, pad_id, splits, sites) -> torch.Tensor:
@@ -65,7 +69,7 @@ def mean_diff_vectors(model, tokenizer, pad_id, splits, sites) -> torch.Tensor:
     anti = torch.tensor([p.labels[p.correct] == "anti" for p in prompts])
     if anti.all() or not anti.any():
         raise ValueError("mean-diff needs resolvable examples of both referent kinds")
-    return acts[anti].mean(0) - acts[~anti].mean(0)
+    return acts[anti].mean(0) - acts[~anti].mean(0), acts.norm(dim=-1).mean(0)
 
 
 def train(method: str, model, tokenizer, pad_id: int, splits, cfg: DSOConfig, name: str, base_model: str,
@@ -78,8 +82,11 @@ def train(method: str, model, tokenizer, pad_id: int, splits, cfg: DSOConfig, na
     sites = default_sites(cfg, sites, identity.num_layers)
     print(f"{method}: collecting activations at {', '.join(sites)}", file=sys.stderr)
     fn = {"caa": caa_vectors, "mean_diff": mean_diff_vectors}[method]
-    b = fn(model, tokenizer, pad_id, splits, sites).to(torch.float32).contiguous()
-    training = {**cfg.to_dict(), "model": base_model, "examples": MAX_EXAMPLES, "vector_norms":
-                [round(float(n), 4) for n in b.norm(dim=-1)]}
+    raw, act_norm = fn(model, tokenizer, pad_id, splits, sites)  # (S, D), (S,)
+    scale = RELATIVE_NORM * act_norm / raw.norm(dim=-1).clamp(min=1e-12)
+    b = (raw * scale.unsqueeze(-1)).to(torch.float32).contiguous()
+    training = {**cfg.to_dict(), "model": base_model, "examples": MAX_EXAMPLES,
+                "raw_vector_norms": [round(float(n), 4) for n in raw.norm(dim=-1)],
+                "activation_norms": [round(float(n), 4) for n in act_norm], "relative_norm": RELATIVE_NORM}
     meta = AdapterMeta(name=name, method=method, base_model=base_model, identity=identity, training=training)
     return SteeringSpec(tuple(sites), torch.zeros_like(b), b, meta)

@@ -36,15 +36,18 @@ class DSOConfig:
         "help": "reward of an answer naming neither occupation; -1 so refusals are never rewarded"})
     majority_momentum: float = field(default=0.5, metadata={
         "help": "weight of the running per-occupation estimate when deciding the current majority"})
-    kl_coef: float = field(default=1.0, metadata={"help": "weight of KL(steered || base) in the loss"})
+    kl_coef: float = field(default=1.0, metadata={
+        "help": "weight of KL(steered || base) over prompt text positions"})
+    answer_kl_coef: float = field(default=2.0, metadata={
+        "help": "weight of KL(steered || base) at the answers of resolvable prompts (against indifference)"})
     l1_coef: float = field(default=0.01, metadata={"help": "weight of mean |a| + mean |b|"})
     # --- optimisation
-    steps: int = field(default=120, metadata={"help": "optimiser steps (the time budget may stop earlier)"})
-    occupations_per_step: int = field(default=8, metadata={
+    steps: int = field(default=60, metadata={"help": "optimiser steps (the time budget may stop earlier)"})
+    occupations_per_step: int = field(default=6, metadata={
         "help": "occupations per batch, one ambiguous prompt each, asked in both option orders"})
-    resolvable_per_step: int = field(default=2, metadata={
+    resolvable_per_step: int = field(default=3, metadata={
         "help": "resolvable prompts per batch, used only in the KL term (keeps unambiguous answers)"})
-    lr: float = field(default=3e-3, metadata={"help": "Adam learning rate (cosine decay to 10%)"})
+    lr: float = field(default=5e-4, metadata={"help": "Adam learning rate (cosine decay to 10%)"})
     sites: str = field(default="all", metadata={"help": "'all', 'layers' (no final norm) or a comma list"})
     time_budget_min: float = field(default=28.0, metadata={"help": "stop training after this many minutes"})
     checkpoint_every: int = field(default=10, metadata={"help": "steps between checkpoints (OUT.ckpt)"})
@@ -59,7 +62,7 @@ class DSOConfig:
         for name in ("n_train", "n_eval", "steps", "occupations_per_step", "checkpoint_every", "threads"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("kl_coef", "l1_coef", "lr", "time_budget_min"):
+        for name in ("kl_coef", "answer_kl_coef", "l1_coef", "lr", "time_budget_min"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.majority_momentum < 1:

@@ -11,11 +11,13 @@ One step (rollout -> reward -> loss -> step):
      exact expectation over the three answers (pro / anti / other): the same objective as sampling, with
      no sampling variance. Estimator "sample" draws one answer per prompt and uses REINFORCE with a
      per-occupation running-mean baseline, the variance reducer.
-  4. loss = −E[r] + kl_coef · KL(policy || base) + l1_coef · (mean|a| + mean|b|).
-     The KL is taken at every prompt position of the batch except the answer position of the ambiguous
-     prompts (changing that answer is the goal), and includes the answers of the resolvable prompts: it
-     keeps general next-token behaviour and unambiguous answers near the base model's. This is our
-     reading of the paper's "KL bound": a fixed-multiplier (Lagrangian) penalty.
+  4. loss = −E[r] + kl_coef · KL_text + answer_kl_coef · KL_answer + l1_coef · (mean|a| + mean|b|).
+     KL_text: KL(policy || base) averaged over every prompt position except the answer positions (keeps
+     general next-token behaviour). KL_answer: the same at the answer position of the resolvable prompts
+     only (keeps unambiguous answers); the ambiguous answers are left free, changing them is the goal.
+     This is our reading of the paper's "KL bound": fixed-multiplier (Lagrangian) penalties. A first
+     version averaged the answer KL into KL_text, where it weighed ~1/500 and the adapter collapsed every
+     answer, resolvable ones included, to 50/50 (bias 0.005, but KL 2.0 nats at answers).
   5. Adam on (a, b) only; cosine learning-rate decay to 10%.
 Beware the degenerate "indifferent" optimum (every prompt at P(pro) = P(anti)): the reward is indifferent
 to it, so the KL on resolvable answers is what keeps the adapter from flattening all answers; check
@@ -90,9 +92,13 @@ def objective(model, steering, batch: Batch, tracker: rewards.MajorityTracker, c
         _, base_logp, _ = task.answer_logprobs(model, batch.prompts, pad_id, all_positions=True)
     with attach(model, steering, 1.0):
         last, logp, mask = task.answer_logprobs(model, batch.prompts, pad_id, all_positions=True)
-    kl_mask = mask.float().clone()
-    kl_mask[: batch.num_ambiguous, -1] = 0  # the ambiguous answer is what we change on purpose
-    kl = kl_to_base(logp, base_logp, kl_mask)
+    text_mask = mask.float().clone()
+    text_mask[:, -1] = 0  # answer positions are handled below
+    kl_text = kl_to_base(logp, base_logp, text_mask)
+    answer_mask = torch.zeros_like(text_mask)
+    answer_mask[batch.num_ambiguous:, -1] = 1  # resolvable answers only: changing ambiguous ones is the goal
+    kl_answer = kl_to_base(logp, base_logp, answer_mask) if batch.num_ambiguous < len(batch.prompts) \
+        else torch.zeros(())
 
     amb = batch.prompts[: batch.num_ambiguous]
     status = rewards.by_status(task.option_probs(last[: batch.num_ambiguous], amb), amb)
@@ -109,9 +115,10 @@ def objective(model, steering, batch: Batch, tracker: rewards.MajorityTracker, c
         pg_loss, sampled = rewards.sampled_reward_loss(status, table, tracker.baseline_for(occs), generator)
         tracker.update_baseline(occs, sampled)
     l1 = steering.a.abs().mean() + steering.b.abs().mean()
-    loss = pg_loss + cfg.kl_coef * kl + cfg.l1_coef * l1
-    return {"loss": loss, "objective": (-expected.mean() + cfg.kl_coef * kl + cfg.l1_coef * l1).detach(),
-            "reward": expected.mean().item(), "kl": kl.item(), "l1": l1.item(),
+    penalty = cfg.kl_coef * kl_text + cfg.answer_kl_coef * kl_answer + cfg.l1_coef * l1
+    return {"loss": pg_loss + penalty, "objective": (-expected.mean() + penalty).detach(),
+            "reward": expected.mean().item(), "kl": kl_text.item(), "kl_answer": kl_answer.item(),
+            "l1": l1.item(),
             "other": status[:, 2].mean().item(), "batch_bias": rewards.per_occupation_bias(status, occs)}
 
 
