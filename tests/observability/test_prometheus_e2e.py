@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,6 +31,7 @@ from server import group_metrics
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
+FAIRSTEER = str(Path(sys.executable).with_name("fairsteer"))
 MODEL = "tiny"
 PROMPT = "The doctor called the nurse because"
 # (adapter, strength, endpoint, stream, n): every strength bucket, both adapters, streamed or not, n > 1.
@@ -61,11 +63,12 @@ def served(tmp_path_factory):
     model_dir = save_tiny_model(tmp / "model", "LlamaForCausalLM", seed=0)
     adapters = {name: _constructed_adapter(model_dir, name, tmp) for name in ("shift_he", "random")}
     port = free_port()
-    command = ["-m", "server.cli", "serve", "--model", str(model_dir), "--port", str(port),
+    # The console script, as users run it (`python -m server.cli` has its own copy of UsageError).
+    command = [FAIRSTEER, "serve", "--model", str(model_dir), "--port", str(port),
                *[f"--adapter={name}={path}" for name, path in adapters.items()],
                "--", "--served-model-name", MODEL, "--max-model-len", "512", "--kv-cache-memory-bytes",
                str(128 * 1024**2)]
-    with Process(command, tmp / "server.log", cwd=ROOT) as proc:
+    with Process(command, tmp / "server.log", cwd=ROOT, python=False) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 300, proc, "the server")
         yield {"url": url, "model_dir": model_dir}
@@ -250,3 +253,20 @@ def test_dashboard_renders_from_scraped_data(traffic, prometheus, tmp_path):
     out = Path(os.environ.get("FAIRSTEER_DASHBOARD_PNG") or tmp_path / "dashboard.png")
     render_png.render(dashboard, prometheus, traffic["start"] - 20, time.time(), out, step=2.0)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 50_000
+
+
+def test_a_bad_lexicon_stops_fairsteer_serve_at_start_up(tmp_path):
+    if not _have_server():
+        pytest.skip("server.serve_command (issue 3's HTTP server) is not in this checkout yet")
+    import subprocess
+
+    model_dir = save_tiny_model(tmp_path / "model", "LlamaForCausalLM", seed=0)
+    lexicon = tmp_path / "bad.json"
+    lexicon.write_text(json.dumps({"format_version": 1, "axis": "gender", "groups": {"f": ["she"], "m": ["She"]}}))
+    result = subprocess.run([FAIRSTEER, "serve", "--model", str(model_dir),
+                             "--group-lexicon", str(lexicon), "--port", str(free_port())],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "term 'She' appears in group 'f' and again in group 'm'" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
