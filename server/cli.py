@@ -50,4 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, so `UsageError` raised by subcommands is this same class.
+    from server.cli import main as _main
+
+    sys.exit(_main())
