@@ -71,7 +71,7 @@ def parse_steering(extra_args: dict | None, names: tuple[str, ...] | None) -> tu
             message = f"{STRENGTH_KEY}={strength} needs {ADAPTER_KEY}, a loaded adapter's name"
             raise SteeringParamError(STRENGTH_KEY, message)
         return 0.0, 0
-    if not isinstance(adapter, str):
+    if not isinstance(adapter, str) or not adapter:
         raise SteeringParamError(ADAPTER_KEY,
                                  f"{ADAPTER_KEY} must be a string naming a loaded adapter, got {adapter!r}")
     if names is None:
