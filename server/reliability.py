@@ -1,6 +1,7 @@
 """The glue of issue 6 into `fairsteer serve`: flags, start-up checks, and what is installed on the app.
 
     add_flags(parser)                 --api-key --admin-key --max-request-bytes --adapter-dir --max-adapters
+                                      --drain-timeout
     configure(args, ...) -> kwargs    in `fairsteer serve` before the engine starts: validates the flags
                                       (UsageError naming the fix) and adds the engine kwargs run-time
                                       loading needs (the steered model even with no adapter yet, the
@@ -29,6 +30,9 @@ class _Config:
 
 
 _config: _Config | None = None
+# vLLM's default (0) aborts in-flight requests on SIGTERM, cutting streams mid-answer; a rolling restart
+# should let them finish.
+DEFAULT_DRAIN_S = 30
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -43,11 +47,15 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                         "(repeatable; needs --admin-key)")
     p.add_argument("--max-adapters", type=int, default=8, metavar="N",
                    help="most adapters loaded at once with --adapter-dir (default 8)")
+    p.add_argument("--drain-timeout", type=int, default=DEFAULT_DRAIN_S, metavar="S",
+                   help="on SIGTERM/SIGINT, let in-flight requests finish for up to S seconds (vLLM's "
+                        f"--shutdown-timeout; default {DEFAULT_DRAIN_S}, 0 aborts them)")
 
 
 def configure(args: argparse.Namespace, model_path: str, table: dict[str, str], kwargs: dict,
               options: list[str]) -> dict:
-    """Check the flags; return the engine kwargs with what run-time adapter loading needs."""
+    """Check the flags; return the engine kwargs with the drain timeout and what run-time adapter loading
+    needs."""
     from server.cli import UsageError
 
     global _config
@@ -56,6 +64,10 @@ def configure(args: argparse.Namespace, model_path: str, table: dict[str, str], 
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     _config = _Config(security)
+    if args.drain_timeout < 0:
+        raise UsageError(f"--drain-timeout must be >= 0 seconds; got {args.drain_timeout}")
+    if "--shutdown-timeout" not in options:
+        kwargs = {**kwargs, "shutdown_timeout": args.drain_timeout}
     if not args.adapter_dir:
         return kwargs
     from server.admin import AdminSettings
