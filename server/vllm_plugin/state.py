@@ -23,10 +23,11 @@ class SteeringState:
         self.num_reqs = 0
 
     def allocate(self, max_num_seqs: int, max_num_tokens: int, device: torch.device) -> None:
-        """Idempotent: the model and the logits processor both call it with the same vllm_config."""
-        if self.ready:
+        """Idempotent for one engine: the model and the logits processor both call it with its config."""
+        shape = (max_num_seqs, max_num_tokens, torch.device(device))
+        if self.ready and self.shape == shape:
             return
-        self.device = device
+        self.shape, self.device = shape, torch.device(device)
         # Host copies are the source of truth for rows; `finish_update` publishes them to the device.
         self.row_strength_cpu = torch.zeros(max_num_seqs + 1, dtype=torch.float32)
         self.row_index_cpu = torch.zeros(max_num_seqs + 1, dtype=torch.int32)
@@ -81,6 +82,9 @@ class SteeringState:
         # CPU may skip work when nothing is steered; on CUDA this code can be captured in a full CUDA graph,
         # so it must not branch on per-step values: the same device ops run every step.
         skip = self.device.type == "cpu" and not self.any_steered
+        if num_tokens > self.strength.numel():
+            raise RuntimeError(f"a step of {num_tokens} tokens exceeds the steering buffers "
+                               f"({self.strength.numel()} = max_num_batched_tokens)")
         if query_start_loc is None or skip:
             self.strength[:num_tokens].zero_()
             self.index[:num_tokens].zero_()
