@@ -8,10 +8,13 @@
      (possibly torch.compiled) decoder unchanged.
 
 A steered norm returns `fairsteer.steer(norm(x))`: vLLM's own norm first, so strength 0 is bit-identical
-to plain vLLM. On CUDA, plain RMSNorm sites fed by a residual use the fused `fairsteer.rms_norm_steer`.
+to plain vLLM. On CUDA, plain RMSNorm sites fed by a residual use the fused `fairsteer.rms_norm_steer`
+instead; FAIRSTEER_FUSED_NORM=0 turns that off, =1 forces it on CPU too (there it is the torch path of
+`steering_kernels`, whose RMSNorm need not match vLLM's CPU kernel bit for bit).
 """
 
 import json
+import os
 
 import torch
 from torch import nn
@@ -61,7 +64,11 @@ def _steer_module(norm: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:
     norm.register_buffer("fairsteer_a", a, persistent=False)
     norm.register_buffer("fairsteer_b", b, persistent=False)
     plain_rms = cls is RMSNorm and norm.has_weight and norm.variance_size_override is None
-    norm.fairsteer_fused = plain_rms and a.device.type == "cuda"
+    choice = os.environ.get("FAIRSTEER_FUSED_NORM", "")
+    if choice not in ("", "0", "1"):
+        raise ValueError(f"FAIRSTEER_FUSED_NORM={choice!r}: use 1 (fused norm+steer), 0 (separate) or unset")
+    wanted = choice == "1" or (choice == "" and a.device.type == "cuda")
+    norm.fairsteer_fused = plain_rms and wanted
 
 
 def adapter_table(hf_config) -> list[tuple[str, str]]:
