@@ -46,7 +46,10 @@ class ServerProcess:
 
     def __init__(self, argv: list[str], port: int, log_path: str | Path, env: dict[str, str] | None = None):
         self.argv, self.port, self.log_path = argv, port, Path(log_path)
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        # vLLM's CPU default pins every engine's thread to core 0 and reserves core 1: servers started
+        # side by side (tests, the benchmark's arms, a neighbour's) would all share one core.
+        defaults = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+        self.env = {**defaults, **os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     @property
