@@ -183,23 +183,28 @@ def test_engine_death_gives_clear_errors_and_unhealthy_server_not_hangs(server, 
     """Last in the module: kills the engine core (a child of the server this module started)."""
     engine_pid = _engine_core_pid(server.proc.pid)
 
-    async def long_stream():
-        body = {"model": model, "prompt": "Hi", "max_tokens": 200, "min_tokens": 200, "stream": True}
-        chunks = 0
-        async with httpx.AsyncClient(headers=api_headers(), timeout=60) as client, \
-                client.stream("POST", server.url + "/v1/completions", json=body) as r:
-            try:
-                async for _ in r.aiter_lines():
-                    chunks += 1
-                    if chunks == 2:
-                        os.kill(engine_pid, signal.SIGKILL)
-            except httpx.HTTPError:
-                pass  # the connection may end abruptly: that is an error, not a hang
-        return chunks
+    streams, tokens = 8, 240
+    received = [0] * streams
+
+    async def long_stream(client, i):
+        body = {"model": model, "prompt": "Hi", "max_tokens": tokens, "min_tokens": tokens, "stream": True}
+        try:
+            async with client.stream("POST", server.url + "/v1/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith(('data: {"id"', 'data: {"fairsteer"')):
+                        received[i] += 1
+                        if sum(received) == 1:
+                            os.kill(engine_pid, signal.SIGKILL)
+        except httpx.HTTPError:
+            pass  # the connection may end abruptly: that is an error, not a hang
+
+    async def main():
+        async with httpx.AsyncClient(headers=api_headers(), timeout=60) as client:
+            await asyncio.gather(*(long_stream(client, i) for i in range(streams)))
 
     started = time.monotonic()
-    chunks = asyncio.run(long_stream())
-    assert chunks < 200, "the stream must end early once the engine is gone"
+    asyncio.run(main())
+    assert sum(received) < streams * tokens, "the streams must end early once the engine is gone"
     deadline = time.monotonic() + 60
     statuses = []
     while time.monotonic() < deadline:
