@@ -93,14 +93,13 @@ def install_steering(model: nn.Module, vllm_config) -> None:
             "engine arguments with server.vllm_plugin.engine_kwargs()")
     base_arch = getattr(hf_config, BASE_ARCH_KEY)
     identity = _identity(hf_config)
-    specs = []
-    for name, path in adapter_table(hf_config):
-        spec = io.load(path, identity)
-        specs.append(spec)
+    table = adapter_table(hf_config)
+    # Loaded again here, in the engine process: a file may have changed since engine_kwargs checked it.
+    specs = [io.load(path, identity) for _, path in table]
     scheduler = vllm_config.scheduler_config
     device = next(model.parameters()).device
     STATE.allocate(scheduler.max_num_seqs, scheduler.max_num_batched_tokens, device)
-    STATE.adapter_names = tuple(name for name, _ in adapter_table(hf_config))
+    STATE.adapter_names = tuple(name for name, _ in table)
 
     sites = sorted({site for spec in specs for site in spec.sites})
     for site in sites:
