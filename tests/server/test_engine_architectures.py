@@ -2,7 +2,8 @@
 
 One steered engine per case (tiny random model, random adapter at every site): strength 0 equals the
 request without steering, strength 1 changes the output, and a mixed batch equals each request alone.
-Compiled mode (no enforce_eager, Llama) shows the custom op keeps per-request values out of the traced graph.
+Compiled mode (no enforce_eager, Llama) shows the custom op keeps per-request values out of the traced graph;
+the Qwen3 case forces the fused norm+steer op (FAIRSTEER_FUSED_NORM=1, the CUDA path) on CPU.
 Qwen2 shares Qwen3's decoder code in vLLM (Qwen3Model subclasses Qwen2Model) and the same steering mixin;
 its case runs only with FAIRSTEER_TEST_ALL_ARCHS=1 to keep `make test` within its time budget.
 """
@@ -44,15 +45,16 @@ def random_adapter(model_dir, out_dir) -> str:
     return str(io.save(SteeringSpec(sites, a, b, meta), out_dir / "rand.safetensors"))
 
 
-CASES = [("Qwen3ForCausalLM", "eager"), ("Gemma3ForCausalLM", "eager"), ("LlamaForCausalLM", "compiled"),
+CASES = [("Qwen3ForCausalLM", "eager-fused"), ("Gemma3ForCausalLM", "eager"), ("LlamaForCausalLM", "compiled"),
          pytest.param("Qwen2ForCausalLM", "eager", marks=pytest.mark.skipif(
              not os.environ.get("FAIRSTEER_TEST_ALL_ARCHS"), reason="set FAIRSTEER_TEST_ALL_ARCHS=1"))]
 
 
 @pytest.mark.parametrize("arch, mode", CASES)
-def test_steered_architecture_serves_per_request_strengths(arch, mode, tmp_path):
+def test_steered_architecture_serves_per_request_strengths(arch, mode, tmp_path, monkeypatch):
     model = save_tiny_model(tmp_path / arch, arch)
-    llm = LLM(model=str(model), enforce_eager=mode == "eager", distributed_executor_backend="uni",
+    monkeypatch.setenv("FAIRSTEER_FUSED_NORM", "1" if mode == "eager-fused" else "0")  # engine inherits it
+    llm = LLM(model=str(model), enforce_eager=mode != "compiled", distributed_executor_backend="uni",
               dtype="float32", kv_cache_memory_bytes=64 << 20, max_model_len=512, seed=0, max_num_seqs=4,
               **engine_kwargs(str(model), {"rand": random_adapter(model, tmp_path)}))
     try:
