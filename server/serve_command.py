@@ -12,6 +12,7 @@ A bad adapter file, bad options or a plugin that fails to load stop start-up wit
 """
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     table = _adapter_table(args.adapter, alias)
     on_cpu = not _has_cuda()
     options = engine_defaults(model_path, on_cpu)
-    if alias != model_path and "--served-model-name" not in engine_options:
+    if alias != model_path and not any(o.startswith("--served-model-name") for o in engine_options):
         options += ["--served-model-name", alias]
     options += engine_options
     served_name = _served_name(options, model_path)
@@ -154,9 +155,10 @@ def _identity(model_path: str):
 
 
 def _served_name(options: list[str], model_path: str) -> str:
-    if "--served-model-name" in options:
-        return options[len(options) - 1 - options[::-1].index("--served-model-name") + 1]
-    return model_path
+    """The name requests use for the model: the last --served-model-name given (its first value)."""
+    names = [value for flag, value in itertools.pairwise(options) if flag == "--served-model-name"]
+    names += [o.split("=", 1)[1] for o in options if o.startswith("--served-model-name=")]
+    return names[-1] if names else model_path
 
 
 def _plugin_kwargs(model_path: str, table: dict[str, str]) -> dict:
