@@ -73,9 +73,9 @@ def test_hung_up_steered_streams_leave_no_steering_behind(server, model):
 
 
 def test_replacing_an_adapter_under_load_serves_each_request_whole_with_one_version(server, model, versions):
-    """`hot` flips between A's and B's file during the load: no request fails, and each greedy output
-    equals the solo output of the version its response names (a request switched mid-way would match
-    neither)."""
+    """`hot` flips between A's and B's file during the load while `extra` is loaded and unloaded: no
+    request fails, and each greedy output equals the solo output of the version its response names (a
+    request switched mid-way would match neither)."""
     jobs = [j for j in make_jobs(150, ["hot"], seed=2) if j.adapter == "hot" and not j.hang_up]
 
     async def references():
@@ -100,10 +100,21 @@ def test_replacing_an_adapter_under_load_serves_each_request_whole_with_one_vers
                                                                  "A.safetensors"})
                 reloads.append((r.status_code, r.text))
 
+    async def churn():  # another adapter loaded and unloaded at the same time (admin calls overlap)
+        async with httpx.AsyncClient(base_url=server.url, headers=api_headers(ADMIN_KEY), timeout=60) as c:
+            for _ in range(3):
+                loaded = await c.put("/v1/admin/adapters/extra", json={"file": "B.safetensors"})
+                unloaded = await c.delete("/v1/admin/adapters/extra")
+                reloads.append((loaded.status_code, loaded.text))
+                reloads.append((unloaded.status_code, unloaded.text))
+
+    async def admin_calls():
+        await asyncio.gather(flip(), churn())
+
     reference = asyncio.run(references())
-    report = asyncio.run(run_load(server.url, model, jobs, 12, API_KEY, reference=reference, during=flip))
+    report = asyncio.run(run_load(server.url, model, jobs, 12, API_KEY, reference=reference, during=admin_calls))
     print(report.summary())
-    assert [s for s, _ in reloads] == [200] * 6, reloads
+    assert [s for s, _ in reloads] == [200] * 12, reloads
     assert not report.errors, [r.error for r in report.errors[:5]]
     assert not report.mismatches, report.mismatches[:3]
     served = {r.version for r in report.results}
@@ -153,7 +164,7 @@ def test_a_vanished_adapter_file_turns_health_unhealthy(server, model, adapter_d
 
 
 def test_shutdown_drains_in_flight_requests(server, model):
-    """Last in the module: SIGTERM at the first streamed chunk; every stream must still finish whole."""
+    """Last in the module: SIGTERM once every stream has its first chunk; each must still finish whole."""
     streams, tokens = 12, 240
     body = {"model": model, "prompt": "Hi", "max_tokens": tokens, "min_tokens": tokens, "stream": True,
             "fairness_strength": 1.0, "steering": "B"}
@@ -165,7 +176,7 @@ def test_shutdown_drains_in_flight_requests(server, model):
             async for line in r.aiter_lines():
                 if line.startswith("data: {"):
                     received[i] += 1
-                    if not at_signal:
+                    if not at_signal and all(received):  # every stream is in flight: stop the server
                         at_signal.append(list(received))
                         server.proc.send_signal(signal.SIGTERM)
         return r.status_code, received[i]

@@ -15,6 +15,8 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from server.admin import AdapterManager, AdminError, AdminSettings
+from server.cli import UsageError
+from server.reliability import DEFAULT_DRAIN_S, configure
 from server.security import SecurityMiddleware, SecuritySettings
 
 LIMIT = 2048
@@ -141,3 +143,33 @@ def test_adapter_files_only_from_the_configured_folders(tmp_path):
         with pytest.raises(AdminError) as info:
             manager.resolve_file(bad)
         assert info.value.status == status, (bad, info.value.message)
+
+
+def _serve_args(**overrides):
+    import argparse
+
+    values = {"api_key": None, "admin_key": None, "max_request_bytes": LIMIT, "adapter_dir": [],
+              "max_adapters": 8, "drain_timeout": DEFAULT_DRAIN_S, **overrides}
+    return argparse.Namespace(**values)
+
+
+@pytest.mark.parametrize(("overrides", "options", "words"), [
+    ({"adapter_dir": ["."]}, ["--enforce-eager"], "needs an admin key"),
+    ({"adapter_dir": ["/no/such/dir"], "admin_key": ADMIN_KEY}, ["--enforce-eager"], "not a directory"),
+    ({"adapter_dir": ["."], "admin_key": ADMIN_KEY}, [], "eager mode"),
+    ({"adapter_dir": ["."], "admin_key": ADMIN_KEY, "max_adapters": 0}, ["--enforce-eager"], "between 1 and 64"),
+    ({"drain_timeout": -1}, [], "--drain-timeout"),
+    ({"api_key": "short"}, [], "at least 8"),
+])
+def test_serve_flags_that_cannot_work_stop_start_up_with_the_fix(overrides, options, words, monkeypatch):
+    monkeypatch.delenv("FAIRSTEER_API_KEY", raising=False)
+    monkeypatch.delenv("FAIRSTEER_ADMIN_KEY", raising=False)
+    with pytest.raises(UsageError, match=words):
+        configure(_serve_args(**overrides), "unused-model", {}, {}, options)
+
+
+def test_serve_drains_by_default_unless_vllm_shutdown_timeout_is_given(monkeypatch):
+    monkeypatch.delenv("FAIRSTEER_API_KEY", raising=False)
+    monkeypatch.delenv("FAIRSTEER_ADMIN_KEY", raising=False)
+    assert configure(_serve_args(), "m", {}, {}, [])["shutdown_timeout"] == DEFAULT_DRAIN_S
+    assert "shutdown_timeout" not in configure(_serve_args(), "m", {}, {}, ["--shutdown-timeout", "5"])
