@@ -19,6 +19,7 @@ with its steering dropped. No vLLM import here: it is plain data, tested without
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ ADAPTER_FIELD = "steering"
 INTERNAL_ADAPTER_KEY = "fairsteer_adapter"
 INTERNAL_STRENGTH_KEY = "fairsteer_strength"
 INTERNAL_KEYS = (INTERNAL_ADAPTER_KEY, INTERNAL_STRENGTH_KEY)
+_LOOKALIKE = re.compile(r"fairness|fairsteer|steer", re.IGNORECASE)
 
 
 class SteeringError(ValueError):
@@ -140,9 +142,20 @@ def _check_adapter(value: Any, policy: Policy) -> str:
     return value
 
 
+def _refuse_lookalikes(body: dict[str, Any], xargs: dict[str, Any]) -> None:
+    """A misspelt steering field would be silently ignored by vLLM: refuse it, naming the right one."""
+    for where, keys, known in (("", body, (STRENGTH_FIELD, ADAPTER_FIELD)),
+                               ("vllm_xargs.", xargs, (STRENGTH_FIELD, ADAPTER_FIELD, *INTERNAL_KEYS))):
+        for key in keys:
+            if isinstance(key, str) and _LOOKALIKE.search(key) and key not in known:
+                raise SteeringError(f"unknown field {where}{key!r}; the steering fields are "
+                                    f"{STRENGTH_FIELD!r} and {ADAPTER_FIELD!r}", f"{where}{key}")
+
+
 def resolve(body: dict[str, Any], policy: Policy) -> Applied:
     """The steering setting a request asks for, validated against the server's policy."""
     xargs = _get_xargs(body)
+    _refuse_lookalikes(body, xargs)
     strength_given, raw_strength = _pick(body, xargs, STRENGTH_FIELD)
     adapter_given, raw_adapter = _pick(body, xargs, ADAPTER_FIELD)
     strength = _check_strength(raw_strength, policy) if strength_given else policy.default_strength

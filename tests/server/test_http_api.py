@@ -163,6 +163,7 @@ BAD_BODIES = [  # (raw JSON fields spliced into a valid request, param the 400 m
     ('"steering": "mix", "vllm_xargs": {"steering": "boost"}', "steering"),
     ('"vllm_xargs": "fairness_strength=1"', "vllm_xargs"),
     ('"vllm_xargs": {"fairness_strength": NaN}', "fairness_strength"),
+    ('"fairness_strenght": 0.5', "fairness_strenght"),
 ]
 
 

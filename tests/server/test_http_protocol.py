@@ -41,6 +41,9 @@ BAD = [  # (body, param the 400 must name, words the message must contain)
     ({"vllm_xargs": "fairness_strength=1"}, "vllm_xargs", "JSON object"),
     ({"vllm_xargs": [1]}, "vllm_xargs", "JSON object"),
     ({"vllm_xargs": {"fairness_strength": "1"}}, "fairness_strength", "string"),
+    ({"fairness_strenght": 1.0}, "fairness_strenght", "unknown field 'fairness_strenght'"),
+    ({"fairsteer_strength": 1.0}, "fairsteer_strength", "'fairness_strength'"),
+    ({"vllm_xargs": {"Steering_adapter": "fair"}}, "vllm_xargs.Steering_adapter", "unknown field"),
 ]
 
 
