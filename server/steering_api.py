@@ -39,7 +39,7 @@ logger = logging.getLogger("fairsteer.serve")
 STEERED_PATHS = ("/v1/completions", "/v1/chat/completions")
 # Other endpoints that generate text; they cannot carry steering, so a non-zero default is refused there.
 UNSTEERED_GENERATE_PATHS = ("/v1/responses", "/v1/messages", "/invocations", "/inference/v1/generate",
-                            "/generative_scoring", "/v1/completions/render", "/v1/chat/completions/render")
+                            "/generative_scoring", "/v1/chat/completions/batch", "/v1/systemone")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
