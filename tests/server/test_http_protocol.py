@@ -119,3 +119,16 @@ def test_applied_headers_state_adapter_version_and_strength():
     headers = dict(Applied("fair", "aaaaaaaaaaaa", 0.5).headers())
     assert headers == {b"x-fairsteer-adapter": b"fair", b"x-fairsteer-version": b"aaaaaaaaaaaa",
                        b"x-fairsteer-strength": b"0.5"}
+
+
+def test_a_nonzero_default_strength_refuses_endpoints_that_cannot_steer():
+    from server.registry import SteeringRegistry
+    from server.steering_api import _unsteerable
+
+    steered_default = SteeringRegistry("m", {}, "fair", default_strength=0.5, max_strength=1.0)
+    problem = _unsteerable("/v1/responses", {"input": "Hi"}, steered_default)
+    assert problem and problem[1] == "fairness_strength" and "/v1/responses" in problem[0]
+    assert _unsteerable("/tokenize", {"prompt": "Hi"}, steered_default) is None
+    unsteered_default = SteeringRegistry("m", {}, "fair", default_strength=0.0, max_strength=1.0)
+    assert _unsteerable("/v1/responses", {"input": "Hi"}, unsteered_default) is None
+    assert _unsteerable("/v1/responses", {"input": "Hi", "steering": "fair"}, unsteered_default)[1] == "steering"
