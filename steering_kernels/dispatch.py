@@ -17,6 +17,7 @@ with `use_backend(...)`. Outputs are always new tensors, never views of an input
 import contextlib
 import functools
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -100,46 +101,73 @@ def _check_steer_args(h, a, b, strength, index):
                          "move the adapter tables and per-token buffers to h's device once, at load time")
 
 
-def _steer_cpu(h, a, b, strength, index, may_return_input=False):
-    """The reference's arithmetic, op for op, with the work cut down; see the module docstring."""
-    T, K = h.shape[0], a.shape[0]
-    k = 1                                             # the adapter row in use when there is only one
+@dataclass(frozen=True)
+class RowPlan:
+    """Which token rows a step steers and with which adapter row: the bookkeeping of the CPU path.
+
+    It depends only on (strength, index), not on the site, so the vLLM plugin makes one per step with
+    `plan_rows` and every site of that step reuses it (as vLLM's LoRA computes its punica metadata once).
+    """
+
+    num_tokens: int
+    steered: torch.Tensor | None    # (n,) long rows to compute alone (n <= T/2); None: compute all rows
+    untouched: torch.Tensor | None  # (T - n,) long rows to put back after computing all; None: none
+    adapter: int | torch.Tensor     # 0-based adapter row for all computed rows, or (rows,) long per row
+    strength: torch.Tensor          # (rows, 1) strength of the computed rows
+    num_steered: int
+    max_index: int
+
+
+def plan_rows(strength: torch.Tensor, index: torch.Tensor | None) -> RowPlan:
+    """Plan the CPU path for per-token `strength` (T,) and 1-based `index` (T,) (or None = adapter 1)."""
+    T = strength.shape[0]
     if index is None:
-        active = strength != 0
+        active, lo, hi = strength != 0, 1, 1
     else:
         lo, hi = (int(v) for v in torch.aminmax(index)) if T else (0, 0)
-        if hi > K:
-            raise ValueError(f"adapter index {hi} is out of range: this site has {K} adapters "
-                             f"(valid 1..{K}, 0 = none)")
         active = (index > 0) & (strength != 0)
-        if lo != hi and not bool(((index == hi) | (index <= 0)).all()):
-            k = None                                  # several adapters in this batch: gather per row
-        else:
-            k = hi
     n = int(active.sum())
-    if n == 0:
+    single = index is None or lo == hi or bool(((index == hi) | (index <= 0)).all())
+    steered = untouched = None
+    if 0 < n and n * 2 <= T:                          # few steered tokens: compute those rows only
+        steered = active.nonzero().squeeze(1)
+    elif n < T:                                       # put the untouched rows back (torch.where is 5x slower)
+        untouched = (~active).nonzero().squeeze(1)
+    if single:
+        adapter = hi - 1
+    else:
+        rows = (index.long() - 1).clamp(min=0)
+        adapter = rows if steered is None else rows[steered]
+    computed = strength if steered is None else strength[steered]
+    return RowPlan(T, steered, untouched, adapter, computed.unsqueeze(-1), n, hi)
+
+
+def _steer_cpu(h, a, b, strength, index, may_return_input=False, plan: RowPlan | None = None):
+    """The reference's arithmetic, op for op, with the work cut down; see the module docstring."""
+    plan = plan or plan_rows(strength, index)
+    if plan.num_tokens != h.shape[0]:
+        raise ValueError(f"the row plan covers {plan.num_tokens} tokens but h has {h.shape[0]}; make the plan "
+                         "from this step's strength and index")
+    if plan.max_index > a.shape[0]:
+        raise ValueError(f"adapter index {plan.max_index} is out of range: this site has {a.shape[0]} "
+                         f"adapters (valid 1..{a.shape[0]}, 0 = none)")
+    if plan.num_steered == 0:
         return h if may_return_input else h.clone()
-    if n * 2 <= T:                                    # few steered tokens: compute those rows only
-        rows = active.nonzero().squeeze(1)
-        steered = _steer_rows(h.index_select(0, rows), a, b, strength[rows], k, None if k else index[rows])
-        return h.clone().index_copy_(0, rows, steered)
-    out = _steer_rows(h, a, b, strength, k, index)
-    if n < T:                                         # put the untouched rows back (torch.where is 5x slower)
-        rows = (~active).nonzero().squeeze(1)
-        out.index_copy_(0, rows, h.index_select(0, rows))
+    if plan.steered is not None:
+        steered = _steer_rows(h.index_select(0, plan.steered), a, b, plan.strength, plan.adapter)
+        return h.clone().index_copy_(0, plan.steered, steered)
+    out = _steer_rows(h, a, b, plan.strength, plan.adapter)
+    if plan.untouched is not None:
+        out.index_copy_(0, plan.untouched, h.index_select(0, plan.untouched))
     return out
 
 
-def _steer_rows(h, a, b, strength, k, index):
-    """Steer every row of h with adapter k (1-based) or, when k is None, per-row index; no row skipped."""
-    if k is not None:
-        rows_a, rows_b = a[k - 1], b[k - 1]                               # (D,) broadcast, no gather
-    else:
-        row = (index.long() - 1).clamp(min=0)
-        rows_a, rows_b = a[row], b[row]                                   # (T, D) gather
+def _steer_rows(h, a, b, strength, adapter):
+    """Steer every row of h with one adapter row (int) or a per-row adapter row ((T,) long); none skipped."""
+    rows_a, rows_b = a[adapter], b[adapter]                   # (D,) broadcast for an int, else (T, D) gather
     h32 = h.to(_math_dtype(h))
     out = torch.mul(rows_a, h32)                                          # same op order as steer_ref
-    out.add_(rows_b).mul_(strength.to(h32.dtype).unsqueeze(-1)).add_(h32)
+    out.add_(rows_b).mul_(strength.to(h32.dtype)).add_(h32)
     return out.to(h.dtype)
 
 
@@ -153,7 +181,7 @@ def _rms_norm_cpu(x, weight, eps):
 
 
 def steer(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor, strength: torch.Tensor,
-          index: torch.Tensor | None = None) -> torch.Tensor:
+          index: torch.Tensor | None = None, plan: RowPlan | None = None) -> torch.Tensor:
     """Apply steering adapters to token rows h.
 
     Args:
@@ -161,6 +189,8 @@ def steer(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor, strength: torch.Ten
         a, b: (K, D) fp32 tables, one row per adapter loaded for this site.
         strength: (T,) per-token strength ω; 0 leaves the row bit-identical.
         index: (T,) integer, 1-based adapter row per token (0 = none); None steers every token with row 1.
+        plan: `plan_rows(strength, index)`, made once and shared by all sites of a step, which saves the
+            CPU path's per-call bookkeeping; ignored by the Triton path.
     Returns:
         (T, D) tensor of h's dtype, never a view of h.
     """
@@ -168,13 +198,13 @@ def steer(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor, strength: torch.Ten
     if _uses_triton(h):
         return _triton_kernels().steer(h, a, b, strength, index)
     if h.device.type == "cpu":
-        return _steer_cpu(h, a, b, strength, index)
+        return _steer_cpu(h, a, b, strength, index, plan=plan)
     return steer_ref(h, a, b, strength, index)
 
 
 def rms_norm_steer(x: torch.Tensor, weight: torch.Tensor, eps: float, a: torch.Tensor, b: torch.Tensor,
                    strength: torch.Tensor, index: torch.Tensor | None = None,
-                   residual: torch.Tensor | None = None):
+                   residual: torch.Tensor | None = None, plan: RowPlan | None = None):
     """RMSNorm (optionally after the residual add) then steering, in one pass on GPU.
 
     Args:
@@ -182,6 +212,7 @@ def rms_norm_steer(x: torch.Tensor, weight: torch.Tensor, eps: float, a: torch.T
         a, b, strength, index: as in `steer`.
         residual: (T, D) like x, or None. When given, returns (y, x + residual) as vLLM's fused
             add + RMSNorm does (the sum rounded to x.dtype is both the new residual and the norm's input).
+        plan: as in `steer`.
     """
     _check_steer_args(x, a, b, strength, index)
     if tuple(weight.shape) != (x.shape[1],):
@@ -194,6 +225,6 @@ def rms_norm_steer(x: torch.Tensor, weight: torch.Tensor, eps: float, a: torch.T
     if x.device.type != "cpu":
         return rms_norm_steer_ref(x, weight, eps, a, b, strength, index, residual)
     if residual is None:
-        return _steer_cpu(_rms_norm_cpu(x, weight, eps), a, b, strength, index, may_return_input=True)
+        return _steer_cpu(_rms_norm_cpu(x, weight, eps), a, b, strength, index, True, plan)
     updated = (x.to(_math_dtype(x)) + residual.to(_math_dtype(x))).to(x.dtype)
-    return _steer_cpu(_rms_norm_cpu(updated, weight, eps), a, b, strength, index, may_return_input=True), updated
+    return _steer_cpu(_rms_norm_cpu(updated, weight, eps), a, b, strength, index, True, plan), updated

@@ -17,12 +17,8 @@ from torch.library import Library
 
 from server.vllm_plugin.state import STATE
 
-try:  # the dispatching kernels (torch on CPU, Triton on CUDA) once `steering_kernels` exports them
-    from steering_kernels import rms_norm_steer as _rms_norm_steer
-    from steering_kernels import steer as _steer
-except ImportError:
-    from steering_kernels.reference import rms_norm_steer_ref as _rms_norm_steer
-    from steering_kernels.reference import steer_ref as _steer
+from steering_kernels import rms_norm_steer as _rms_norm_steer
+from steering_kernels import steer as _steer
 
 # Defined once per process at import (plugins may be loaded several times; modules are imported once).
 _LIB = Library("fairsteer", "DEF")
@@ -42,7 +38,7 @@ def steer(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if _skip():
         return h.clone()
     strength, index = _token_state(h.shape[0])
-    return _steer(h, a, b, strength, index)
+    return _steer(h, a, b, strength, index, plan=STATE.plan)
 
 
 def steer_fake(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -52,7 +48,7 @@ def steer_fake(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
 def rms_norm_steer(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
                    a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     strength, index = _token_state(x.shape[0])
-    return _rms_norm_steer(x, weight, eps, a, b, strength, index, residual=residual)
+    return _rms_norm_steer(x, weight, eps, a, b, strength, index, residual=residual, plan=STATE.plan)
 
 
 def rms_norm_steer_fake(x, residual, weight, eps, a, b):

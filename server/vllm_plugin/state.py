@@ -15,12 +15,15 @@ One worker process serves one model, so the state is a module-level singleton.
 
 import torch
 
+from steering_kernels import RowPlan, plan_rows
+
 
 class SteeringState:
     def __init__(self) -> None:
         self.ready = False
         self.any_steered = False      # some row of the current batch has strength > 0 (host-side flag)
         self.num_reqs = 0
+        self.plan: RowPlan | None = None  # this step's CPU row plan, or None (CUDA, or nothing steered)
 
     def allocate(self, max_num_seqs: int, max_num_tokens: int, device: torch.device) -> None:
         """Idempotent for one engine: the model and the logits processor both call it with its config."""
@@ -85,6 +88,7 @@ class SteeringState:
         if num_tokens > self.strength.numel():
             raise RuntimeError(f"a step of {num_tokens} tokens exceeds the steering buffers "
                                f"({self.strength.numel()} = max_num_batched_tokens)")
+        self.plan = None
         if query_start_loc is None or skip:
             self.strength[:num_tokens].zero_()
             self.index[:num_tokens].zero_()
@@ -96,6 +100,8 @@ class SteeringState:
         rows.clamp_(max=self.row_strength.numel() - 1)
         torch.index_select(self.row_strength, 0, rows, out=self.strength[:num_tokens])
         torch.index_select(self.row_index, 0, rows, out=self.index[:num_tokens])
+        if self.device.type == "cpu":  # one row plan per step, shared by every site (see steering_kernels)
+            self.plan = plan_rows(self.strength[:num_tokens], self.index[:num_tokens])
 
 
 STATE = SteeringState()

@@ -122,3 +122,23 @@ def test_fused_arguments_are_checked():
         rms_norm_steer(h, weight[:4], 1e-5, a, b, strength, index)
     with pytest.raises(ValueError, match="residual must match"):
         rms_norm_steer(h, weight, 1e-5, a, b, strength, index, residual=h.double())
+
+
+def test_a_row_plan_shared_by_several_sites_gives_the_reference_bits():
+    h, a, b, strength, index, weight = _inputs()
+    for name, (s, i) in _index_cases(strength, index).items():
+        plan = dispatch.plan_rows(s, i)
+        for seed in range(3):  # three sites of one step: other tables, other activations, the same plan
+            h_site, a_site, b_site, *_ = _inputs(seed=seed + 1)
+            expected = steer_ref(h_site, a_site, b_site, s, i)
+            assert torch.equal(steer(h_site, a_site, b_site, s, i, plan=plan), expected), name
+            y, _ = rms_norm_steer(h_site, weight, 1e-6, a_site, b_site, s, i, residual=h, plan=plan)
+            y_ref, _ = rms_norm_steer_ref(h_site, weight, 1e-6, a_site, b_site, s, i, residual=h)
+            assert torch.equal(y, y_ref), name
+
+
+def test_a_plan_for_another_step_is_refused():
+    h, a, b, strength, index, _ = _inputs(T=37)
+    plan = dispatch.plan_rows(strength[:20], index[:20])
+    with pytest.raises(ValueError, match="row plan covers 20 tokens"):
+        steer(h, a, b, strength, index, plan=plan)
