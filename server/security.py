@@ -124,7 +124,16 @@ class SecurityMiddleware:
             if body is None:
                 return
             receive = _replay(body, receive)
-        await self.app(scope, receive, _OpenAIErrors(send).send)
+        errors = _OpenAIErrors(send)
+        try:
+            await self.app(scope, receive, errors.send)
+        except RuntimeError as exc:
+            # vLLM, draining on SIGTERM, has already closed its request pre-processing pool, so a request
+            # arriving now raises "cannot schedule new futures after shutdown" (a bare 500). Say what it is.
+            if "after shutdown" not in str(exc) or errors.started:
+                raise
+            await send_error(send, 503, "the server is shutting down (draining in-flight requests); retry "
+                                        "on another instance")
 
     def _check_key(self, path: str, token: str | None) -> tuple[int, str] | None:
         if path.startswith(ADMIN_PREFIX):
@@ -173,8 +182,10 @@ class _OpenAIErrors:
         self._send = send
         self._start: Message | None = None
         self._body = b""
+        self.started = False  # a response has begun: too late to send another
 
     async def send(self, message: Message) -> None:
+        self.started = True
         if message["type"] == "http.response.start" and message["status"] >= 400:
             self._start = message
             return

@@ -7,6 +7,7 @@ last test stops the server with SIGTERM while streams are mid-way and checks the
 """
 
 import asyncio
+import json
 import shutil
 import signal
 
@@ -164,28 +165,43 @@ def test_a_vanished_adapter_file_turns_health_unhealthy(server, model, adapter_d
 
 
 def test_shutdown_drains_in_flight_requests(server, model):
-    """Last in the module: SIGTERM once every stream has its first chunk; each must still finish whole."""
+    """Last in the module: SIGTERM once every stream has its first chunk; each must still finish whole,
+    and a request arriving during the drain gets a clear 503 (or no connection), never a cut answer."""
     streams, tokens = 12, 240
     body = {"model": model, "prompt": "Hi", "max_tokens": tokens, "min_tokens": tokens, "stream": True,
-            "fairness_strength": 1.0, "steering": "B"}
+            "return_token_ids": True, "fairness_strength": 1.0, "steering": "B"}
     received = [0] * streams
     at_signal: list[list[int]] = []
+    late: list = []
 
     async def stream(client, i):
+        done = False
         async with client.stream("POST", "/v1/completions", json=body) as r:
             async for line in r.aiter_lines():
+                done = done or line == "data: [DONE]"
                 if line.startswith("data: {"):
-                    received[i] += 1
+                    received[i] += sum(len(c.get("token_ids") or ()) for c in json.loads(line[6:])["choices"])
                     if not at_signal and all(received):  # every stream is in flight: stop the server
                         at_signal.append(list(received))
                         server.proc.send_signal(signal.SIGTERM)
-        return r.status_code, received[i]
+                        late.append(asyncio.create_task(late_request(client)))
+        return r.status_code, received[i], done
+
+    async def late_request(client):
+        await asyncio.sleep(0.2)
+        try:
+            r = await client.post("/v1/completions", json={"model": model, "prompt": "Hi"})
+            return r.status_code if r.status_code != 500 else r.text
+        except httpx.HTTPError:
+            return "refused"
 
     async def main():
-        async with client_for(server.url, API_KEY, streams) as client:
-            return await asyncio.gather(*(stream(client, i) for i in range(streams)))
+        async with client_for(server.url, API_KEY, streams + 1) as client:
+            results = await asyncio.gather(*(stream(client, i) for i in range(streams)))
+            return results, await late[0]
 
-    results = asyncio.run(main())
+    results, late_status = asyncio.run(main())
     assert sum(at_signal[0]) < streams * tokens, "the streams must be mid-way when the server is told to stop"
-    assert results == [(200, tokens)] * streams, f"in-flight streams were cut at shutdown: {results}"
+    assert results == [(200, tokens, True)] * streams, f"in-flight streams were cut at shutdown: {results}"
+    assert late_status in (503, "refused"), f"a request during the drain got {late_status}"
     assert server.proc.wait(60) is not None
