@@ -139,13 +139,15 @@ def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_ques
     coref = amb + res
 
     def measure(label: str, strength: float, steering=None, base_logp=None, prompts=coref, mm_prompts=mm):
-        log(f"eval {label} strength {strength}: {len(prompts)} coreference + {len(mm_prompts)} MMLU prompts")
+        with_mmlu = bool(mm_prompts) and (mmlu_strengths is None or strength in mmlu_strengths)
+        log(f"eval {label} strength {strength}: {len(prompts)} coreference + "
+            f"{len(mm_prompts) if with_mmlu else 0} MMLU prompts")
         probs, logp, kl = score(model, prompts, pad_id, steering, strength, batch_size, base_logp)
         row = {"method": label, "strength": strength}
         row.update(coref_metrics(probs[: len(amb)], prompts[: len(amb)], "ambiguous"))
         row.update(coref_metrics(probs[len(amb):], prompts[len(amb):], "resolvable"))
         row["kl_to_base"], row["kl_to_base_se"] = (0.0, 0.0) if kl is None else _mean_se(kl.numpy())
-        if mm_prompts and (mmlu_strengths is None or strength in mmlu_strengths):
+        if with_mmlu:
             row.update(mmlu_metrics(score(model, mm_prompts, pad_id, steering, strength, batch_size)[0],
                                     mm_prompts))
         return row, logp

@@ -1,7 +1,7 @@
 """One short DSO run on the real SmolLM2-135M-Instruct lowers bias on held-out ambiguous prompts.
 
 Slow (about 2-4 minutes on one core): obtains the model with `fairsteer model pull` (skips when that is
-impossible here), trains 6 steps on 120 generated ambiguous prompts, and compares Per-Occupation Bias of
+impossible here), trains 8 steps on 120 generated ambiguous prompts, and compares Per-Occupation Bias of
 the base model and the adapter at strength 1 on 40 held-out prompts (one per occupation, both orders).
 """
 
@@ -28,7 +28,9 @@ def smollm2():
 def test_short_dso_run_lowers_held_out_bias(smollm2):
     torch.set_num_threads(1)
     model, tokenizer, pad_id = smollm2
-    cfg = DSOConfig(n_train=120, n_eval=40, steps=6, lr=1e-3, occupations_per_step=6, resolvable_per_step=1)
+    # The shipped recipe (no answer-KL anchor), shortened: 8 steps at twice its learning rate.
+    cfg = DSOConfig(n_train=120, n_eval=40, steps=8, lr=1e-3, occupations_per_step=6, resolvable_per_step=1,
+                    answer_kl_coef=0.0)
     splits = data.split(data.load("generated"), cfg.n_train, cfg.n_eval, cfg.seed)
     steering = Steering.zeros(model_identity(model))
     sampler = dso.BatchSampler(splits.train, splits.train_resolvable, tokenizer, cfg)
@@ -36,7 +38,8 @@ def test_short_dso_run_lowers_held_out_bias(smollm2):
     dso.train_steps(model, steering, sampler, rewards.MajorityTracker(), optimizer, cfg, pad_id, start=0)
 
     held_out = task.coref_prompts(tokenizer, splits.eval_ambiguous)
-    assert not {p.ids for p in held_out} & {p.ids for pair in sampler.by_occ.values() for g in pair for p in g}
+    trained = {p.ids for groups in sampler.by_occ.values() for pair in groups for p in pair}
+    assert not {p.ids for p in held_out} & trained, "held-out prompts must not be trained on"
     base = evaluate.coref_metrics(evaluate.score(model, held_out, pad_id)[0], held_out, "ambiguous")
     steered = evaluate.coref_metrics(evaluate.score(model, held_out, pad_id, steering, 1.0)[0], held_out,
                                      "ambiguous")
