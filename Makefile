@@ -29,6 +29,9 @@ test-fast: setup
 serve: setup
 	.venv/bin/fairsteer serve
 
+bench: setup
+	$(PY) bench/serve_overhead.py $(BENCH_ARGS)
+
 lint: setup
 	.venv/bin/ruff check adapters steering_kernels server trainer tests bench
 
