@@ -38,14 +38,15 @@ class DSOConfig:
         "help": "weight of the running per-occupation estimate when deciding the current majority"})
     kl_coef: float = field(default=1.0, metadata={
         "help": "weight of KL(steered || base) over prompt text positions"})
-    answer_kl_coef: float = field(default=2.0, metadata={
-        "help": "weight of KL(steered || base) at the answers of resolvable prompts (against indifference)"})
+    answer_kl_coef: float = field(default=0.0, metadata={
+        "help": "weight of KL(steered || base) at the answers of resolvable prompts, against the indifferent "
+                "solution; 0 for SmolLM2-135M, which does not resolve coreference (see adapters/shipped)"})
     l1_coef: float = field(default=0.01, metadata={"help": "weight of mean |a| + mean |b|"})
     # --- optimisation
-    steps: int = field(default=60, metadata={"help": "optimiser steps (the time budget may stop earlier)"})
+    steps: int = field(default=12, metadata={"help": "optimiser steps (the time budget may stop earlier)"})
     occupations_per_step: int = field(default=6, metadata={
         "help": "occupations per batch, one ambiguous prompt each, asked in both option orders"})
-    resolvable_per_step: int = field(default=3, metadata={
+    resolvable_per_step: int = field(default=1, metadata={
         "help": "resolvable prompts per batch, used only in the KL term (keeps unambiguous answers)"})
     lr: float = field(default=5e-4, metadata={"help": "Adam learning rate (cosine decay to 10%)"})
     sites: str = field(default="all", metadata={"help": "'all', 'layers' (no final norm) or a comma list"})
