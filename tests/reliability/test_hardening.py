@@ -183,11 +183,13 @@ def test_engine_death_gives_clear_errors_and_unhealthy_server_not_hangs(server, 
     """Last in the module: kills the engine core (a child of the server this module started)."""
     engine_pid = _engine_core_pid(server.proc.pid)
 
-    streams, tokens = 8, 240
+    # 8 streams x 8 choices x 240 tokens keep the tiny engine busy for seconds: enough to die mid-way.
+    streams, choices, tokens = 8, 8, 240
     received = [0] * streams
 
     async def long_stream(client, i):
-        body = {"model": model, "prompt": "Hi", "max_tokens": tokens, "min_tokens": tokens, "stream": True}
+        body = {"model": model, "prompt": "Hi", "max_tokens": tokens, "min_tokens": tokens, "stream": True,
+                "n": choices, "temperature": 1.0}
         try:
             async with client.stream("POST", server.url + "/v1/completions", json=body) as r:
                 async for line in r.aiter_lines():
@@ -204,10 +206,10 @@ def test_engine_death_gives_clear_errors_and_unhealthy_server_not_hangs(server, 
 
     started = time.monotonic()
     asyncio.run(main())
-    assert sum(received) < streams * tokens, "the streams must end early once the engine is gone"
-    deadline = time.monotonic() + 60
+    timeline = {"streams ended": round(time.monotonic() - started, 1)}
+    assert sum(received) < streams * choices * tokens, "the streams must end early once the engine is gone"
     statuses = []
-    while time.monotonic() < deadline:
+    while time.monotonic() < started + 60:
         try:
             statuses.append(httpx.get(server.url + "/health", timeout=5).status_code)
         except httpx.HTTPError:
@@ -215,13 +217,16 @@ def test_engine_death_gives_clear_errors_and_unhealthy_server_not_hangs(server, 
         if statuses[-1] in (503, "down"):
             break
         time.sleep(0.5)
-    assert statuses[-1] in (503, "down"), f"health stayed {statuses[-1]} after the engine died"
+    timeline["health " + str(statuses[-1])] = round(time.monotonic() - started, 1)
+    assert statuses[-1] in (503, "down"), f"health stayed {statuses[-1]} after the engine died: {timeline}"
     try:
-        r = greedy(server, model)
-        assert r.status_code >= 500, "a request after engine death must fail, not succeed"
-    except httpx.HTTPError:
-        pass  # the server shut itself down: also a clear failure
-    assert time.monotonic() - started < 120, "errors must come promptly, not after a hang"
+        outcome = greedy(server, model).status_code
+    except httpx.HTTPError as exc:
+        outcome = type(exc).__name__  # the server shut itself down: also a clear failure
+    timeline[f"request {outcome}"] = round(time.monotonic() - started, 1)
+    assert outcome not in (200, "ReadTimeout"), f"a request after engine death must fail promptly: {timeline}"
+    print("engine death timeline (s):", timeline, "chunks", sum(received))
+    assert time.monotonic() - started < 90, f"errors must come promptly, not after a hang: {timeline}"
 
 
 def _engine_core_pid(server_pid: int) -> int:
