@@ -54,7 +54,8 @@ def test_bounded_load_keeps_every_greedy_request_equal_to_its_solo_run(server, m
 
 def test_hung_up_steered_streams_leave_no_steering_behind(server, model):
     """Steered streams abandoned after their first chunk, then unsteered requests in the same rows."""
-    steered = [Job("completions", "Hi", "A", 2.0, True, 1, True, True, max_tokens=200) for _ in range(8)]
+    # 8 x n=4 x 200 tokens keep the engine busy, so the hang-ups really abort rows mid-generation.
+    steered = [Job("completions", "Hi", "A", 2.0, True, 4, False, True, max_tokens=200) for _ in range(8)]
     plain = [Job(ep, p, None, 0.0, False, 1, True, False) for ep in ("completions", "chat/completions")
              for p in ("The doctor said", "Paris is", "Hi", "Once upon a time")]
 
@@ -167,9 +168,9 @@ def test_a_vanished_adapter_file_turns_health_unhealthy(server, model, adapter_d
 def test_shutdown_drains_in_flight_requests(server, model):
     """Last in the module: SIGTERM once every stream has its first chunk; each must still finish whole,
     and a request arriving during the drain gets a clear 503 (or no connection), never a cut answer."""
-    streams, tokens = 12, 240
+    streams, choices, tokens = 12, 4, 240  # seconds of engine work: the drain really has work to finish
     body = {"model": model, "prompt": "Hi", "max_tokens": tokens, "min_tokens": tokens, "stream": True,
-            "return_token_ids": True, "fairness_strength": 1.0, "steering": "B"}
+            "n": choices, "temperature": 1.0, "return_token_ids": True, "fairness_strength": 1.0, "steering": "B"}
     received = [0] * streams
     at_signal: list[list[int]] = []
     late: list = []
@@ -201,7 +202,7 @@ def test_shutdown_drains_in_flight_requests(server, model):
             return results, await late[0]
 
     results, late_status = asyncio.run(main())
-    assert sum(at_signal[0]) < streams * tokens, "the streams must be mid-way when the server is told to stop"
-    assert results == [(200, tokens, True)] * streams, f"in-flight streams were cut at shutdown: {results}"
+    assert sum(at_signal[0]) < streams * choices * tokens, "the streams must be mid-way at the signal"
+    assert results == [(200, choices * tokens, True)] * streams, f"in-flight streams were cut: {results}"
     assert late_status in (503, "refused"), f"a request during the drain got {late_status}"
     assert server.proc.wait(60) is not None
