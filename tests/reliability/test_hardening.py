@@ -195,14 +195,23 @@ def test_engine_death_gives_clear_errors_and_unhealthy_server_not_hangs(server, 
                 async for line in r.aiter_lines():
                     if line.startswith(('data: {"id"', 'data: {"fairsteer"')):
                         received[i] += 1
-                        if sum(received) == 1:
-                            os.kill(engine_pid, signal.SIGKILL)
         except httpx.HTTPError:
             pass  # the connection may end abruptly: that is an error, not a hang
 
+    async def kill_while_running(client):
+        """Kill once the engine reports requests running: it has not finished them (chunks reach the
+        client too late to tell)."""
+        while True:
+            metrics = (await client.get(server.url + "/metrics")).text
+            running = [line for line in metrics.splitlines() if line.startswith("vllm:num_requests_running")]
+            if running and float(running[0].rsplit(" ", 1)[1]) > 0:
+                os.kill(engine_pid, signal.SIGKILL)
+                return
+            await asyncio.sleep(0.02)
+
     async def main():
         async with httpx.AsyncClient(headers=api_headers(), timeout=60) as client:
-            await asyncio.gather(*(long_stream(client, i) for i in range(streams)))
+            await asyncio.gather(kill_while_running(client), *(long_stream(client, i) for i in range(streams)))
 
     started = time.monotonic()
     asyncio.run(main())
