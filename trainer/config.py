@@ -80,8 +80,8 @@ def add_flags(parser: argparse.ArgumentParser, cls=DSOConfig) -> None:
     """One `--flag` per dataclass field, default None so that only flags given explicitly override YAML."""
     for f in fields(cls):
         default = f.default if f.default is not MISSING else None
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(default), default=None,
-                            help=f"{f.metadata.get('help', '')} (default: {default})")
+        text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(default), default=None, help=text)
 
 
 def from_args(args: argparse.Namespace, cls=DSOConfig) -> DSOConfig:

@@ -109,3 +109,29 @@ def test_baselines_and_eval_report_with_calibration(tiny_dir, tmp_path):
 def test_user_errors_exit_2_with_the_fix(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_help_lists_every_setting(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--model" in out and ("--answer-kl-coef" in out if command == "train" else "--strengths" in out)
+
+
+def test_yaml_config_is_overridden_by_flags_and_unknown_keys_are_named(tmp_path):
+    import argparse
+
+    from server.cli import UsageError
+    from trainer.config import add_flags, from_args
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_flags(parser)
+    (tmp_path / "c.yaml").write_text("steps: 7\nlr: 0.002\n")
+    cfg = from_args(parser.parse_args(["--config", str(tmp_path / "c.yaml"), "--lr", "0.01"]))
+    assert (cfg.steps, cfg.lr) == (7, 0.01), "flags override the YAML file, which overrides defaults"
+    (tmp_path / "bad.yaml").write_text("stepz: 7\n")
+    with pytest.raises(UsageError, match="stepz"):
+        from_args(parser.parse_args(["--config", str(tmp_path / "bad.yaml")]))
