@@ -166,7 +166,7 @@ def test_a_vanished_adapter_file_turns_health_unhealthy(server, model, adapter_d
 
 
 def test_shutdown_drains_in_flight_requests(server, model):
-    """Last in the module: SIGTERM once every stream has its first chunk; each must still finish whole,
+    """Last in the module: SIGTERM while every stream is mid-way in the engine; each must still finish whole,
     and a request arriving during the drain gets a clear 503 (or no connection), never a cut answer."""
     streams, choices, tokens = 12, 4, 240  # seconds of engine work: the drain really has work to finish
     body = {"model": model, "prompt": "Hi", "max_tokens": tokens, "min_tokens": tokens, "stream": True,
@@ -182,11 +182,23 @@ def test_shutdown_drains_in_flight_requests(server, model):
                 done = done or line == "data: [DONE]"
                 if line.startswith("data: {"):
                     received[i] += sum(len(c.get("token_ids") or ()) for c in json.loads(line[6:])["choices"])
-                    if not at_signal and all(received):  # every stream is in flight: stop the server
-                        at_signal.append(list(received))
-                        server.proc.send_signal(signal.SIGTERM)
-                        late.append(asyncio.create_task(late_request(client)))
         return r.status_code, received[i], done
+
+    async def stop_while_running(client):
+        """SIGTERM once the engine reports every sequence admitted and unfinished (client-side chunks
+        arrive too late to tell)."""
+        while True:
+            gauges = {}
+            for line in (await client.get("/metrics")).text.splitlines():
+                for name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+                    if line.startswith(name + "{"):
+                        gauges[name] = float(line.rsplit(" ", 1)[1])
+            if sum(gauges.values()) >= streams * choices:
+                at_signal.append(list(received))
+                server.proc.send_signal(signal.SIGTERM)
+                late.append(asyncio.create_task(late_request(client)))
+                return
+            await asyncio.sleep(0.02)
 
     async def late_request(client):
         await asyncio.sleep(0.2)
@@ -198,7 +210,8 @@ def test_shutdown_drains_in_flight_requests(server, model):
 
     async def main():
         async with client_for(server.url, API_KEY, streams + 1) as client:
-            results = await asyncio.gather(*(stream(client, i) for i in range(streams)))
+            results, _ = await asyncio.gather(asyncio.gather(*(stream(client, i) for i in range(streams))),
+                                              stop_while_running(client))
             return results, await late[0]
 
     results, late_status = asyncio.run(main())
