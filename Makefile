@@ -30,7 +30,7 @@ serve: setup
 	.venv/bin/fairsteer serve
 
 bench: setup
-	$(PY) bench/serve_overhead.py $(BENCH_ARGS)
+	$(PY) bench/serve_overhead.py $(or $(BENCH_ARGS),--model smollm2-135m-instruct --rounds 8 --requests 16 --max-tokens 32 --concurrency 8)
 
 lint: setup
 	.venv/bin/ruff check adapters steering_kernels server trainer tests bench
