@@ -5,7 +5,15 @@ dispatch.py. `BACKEND` is that resolved default; `HAS_TRITON` says whether trito
 are defined by reference.py (`steer_ref`, `rms_norm_steer_ref`), which the trainer also uses directly.
 """
 
-from steering_kernels.dispatch import BACKEND, HAS_TRITON, RowPlan, plan_rows, rms_norm_steer, steer, use_backend
+from steering_kernels.dispatch import (
+           BACKEND,
+           HAS_TRITON,
+           RowPlan,
+           plan_rows,
+           rms_norm_steer,
+           steer,
+           use_backend,
+)
 from steering_kernels.reference import rms_norm_ref, rms_norm_steer_ref, steer_ref
 
 __all__ = ["BACKEND", "HAS_TRITON", "RowPlan", "plan_rows", "rms_norm_ref", "rms_norm_steer", "rms_norm_steer_ref",

@@ -16,7 +16,6 @@ import torch
 from torch.library import Library
 
 from server.vllm_plugin.state import STATE
-
 from steering_kernels import rms_norm_steer as _rms_norm_steer
 from steering_kernels import steer as _steer
 

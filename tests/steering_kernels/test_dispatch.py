@@ -125,7 +125,7 @@ def test_fused_arguments_are_checked():
 
 
 def test_a_row_plan_shared_by_several_sites_gives_the_reference_bits():
-    h, a, b, strength, index, weight = _inputs()
+    h, _, _, strength, index, weight = _inputs()
     for name, (s, i) in _index_cases(strength, index).items():
         plan = dispatch.plan_rows(s, i)
         for seed in range(3):  # three sites of one step: other tables, other activations, the same plan
