@@ -123,7 +123,7 @@ class SecurityMiddleware:
             body = await self._bounded_body(scope, receive, send)
             if body is None:
                 return
-            receive = _replay(body, receive)
+            receive = replay_body(body, receive)
         errors = _OpenAIErrors(send)
         try:
             await self.app(scope, receive, errors.send)
@@ -224,8 +224,8 @@ def _detail(body: bytes, status: int) -> str:
     return detail if isinstance(detail, str) else json.dumps(detail)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A `receive` that yields `body` once, then the real channel (disconnects still reach the app)."""
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that yields `body` once, then the real channel (so disconnects still reach the app)."""
     sent = False
 
     async def replayed() -> Message:

@@ -33,6 +33,7 @@ from server.protocol import (
     rewrite,
 )
 from server.registry import SteeringRegistry
+from server.security import replay_body
 
 logger = logging.getLogger("fairsteer.serve")
 
@@ -74,13 +75,13 @@ class SteeringMiddleware:
         body = await _read_body(receive)
         data = _parse_object(body)
         if data is None:  # not a JSON object: vLLM answers it with its own error
-            return await self.app(scope, _replay(body, receive), send)
+            return await self.app(scope, replay_body(body, receive), send)
         registry = self.get_registry()
         if path not in STEERED_PATHS:
             problem = _unsteerable(path, data, registry)
             if problem:
                 return await _send_json(send, 400, error_body(*problem))
-            return await self.app(scope, _replay(body, receive), send)
+            return await self.app(scope, replay_body(body, receive), send)
         try:
             applied = resolve(data, registry.policy)
         except SteeringError as exc:
@@ -88,7 +89,7 @@ class SteeringMiddleware:
         new_body = json.dumps(rewrite(data, applied)).encode()
         _safely(group_metrics.observe_request, registry.model, applied.adapter, applied.strength)
         annotator = _Annotator(send, applied, registry.model)
-        await self.app(_with_length(scope, len(new_body)), _replay(new_body, receive), annotator.send)
+        await self.app(_with_length(scope, len(new_body)), replay_body(new_body, receive), annotator.send)
 
 
 def _unsteerable(path: str, data: dict[str, Any], registry: SteeringRegistry) -> tuple[str, str] | None:
@@ -229,20 +230,6 @@ def _parse_object(body: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A `receive` that yields `body` once, then the real channel (so disconnects still reach vLLM)."""
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
 
 
 def _with_length(scope: Scope, length: int) -> Scope:
