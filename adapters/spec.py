@@ -157,3 +157,17 @@ class SteeringSpec:
             raise AdapterFormatError(
                 f"adapter {self.name!r} does not fit this model: {problem}. Train one for this model with "
                 "`fairsteer train --model <this model>`")
+
+
+def random_spec(identity: ModelIdentity, name: str, seed: int, scale_a: float, scale_b: float,
+                base_model: str = "", method: str = "random") -> SteeringSpec:
+    """An untrained adapter with a ~ N(0, scale_a²), b ~ N(0, scale_b²) at every site of the model.
+
+    For benchmarks and plumbing tests: it steers every site, so it costs what a full adapter costs.
+    """
+    sites = all_sites(identity.num_layers)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (len(sites), identity.hidden_size)
+    a = scale_a * torch.randn(shape, generator=gen)
+    b = scale_b * torch.randn(shape, generator=gen)
+    return SteeringSpec(sites, a, b, AdapterMeta(name=name, method=method, base_model=base_model, identity=identity))

@@ -33,15 +33,13 @@ from pathlib import Path
 
 import httpx
 import psutil
-import torch
 from transformers import AutoConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from adapters import io
-from adapters.sites import all_sites
-from adapters.spec import AdapterMeta, ModelIdentity, SteeringSpec
+from adapters.spec import ModelIdentity, random_spec
 from server.launch import ServerProcess, fairsteer_argv, free_port, plain_vllm_argv
 
 PROMPTS = ["The doctor called the nurse because", "Write a short poem about the sea.",
@@ -74,12 +72,8 @@ def prepare(model: str, workdir: Path) -> tuple[str, Path]:
 
         model = resolve_model(model)
     identity = ModelIdentity.from_config(AutoConfig.from_pretrained(model))
-    sites = all_sites(identity.num_layers)
-    gen = torch.Generator().manual_seed(0)
-    a = 0.1 * torch.randn(len(sites), identity.hidden_size, generator=gen)
-    b = 0.1 * torch.randn(len(sites), identity.hidden_size, generator=gen)
-    meta = AdapterMeta(name="bench", method="constructed", base_model=model, identity=identity)
-    return model, io.save(SteeringSpec(sites, a, b, meta), workdir / "bench.safetensors")
+    spec = random_spec(identity, "bench", seed=0, scale_a=0.1, scale_b=0.1, base_model=model, method="constructed")
+    return model, io.save(spec, workdir / "bench.safetensors")
 
 
 @dataclass(frozen=True)

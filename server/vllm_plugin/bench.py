@@ -18,24 +18,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from transformers import AutoConfig
 
 from adapters import io
-from adapters.sites import all_sites
-from adapters.spec import AdapterMeta, ModelIdentity, SteeringSpec
+from adapters.spec import ModelIdentity, random_spec
 
 PROMPT = "The doctor called the nurse because she was late. Who does the pronoun refer to? Answer:"
 
 
 def random_adapter(model: str, name: str, seed: int, out: Path) -> str:
     identity = ModelIdentity.from_config(AutoConfig.from_pretrained(model))
-    sites = all_sites(identity.num_layers)
-    gen = torch.Generator().manual_seed(seed)
-    a = 0.05 * torch.randn(len(sites), identity.hidden_size, generator=gen)
-    b = 0.05 * torch.randn(len(sites), identity.hidden_size, generator=gen)
-    meta = AdapterMeta(name=name, method="random", base_model=model, identity=identity)
-    return str(io.save(SteeringSpec(sites, a, b, meta), out / f"{name}.safetensors"))
+    spec = random_spec(identity, name, seed, scale_a=0.05, scale_b=0.05, base_model=model)
+    return str(io.save(spec, out / f"{name}.safetensors"))
 
 
 def run_round(llm, n_prompts: int, n_tokens: int, steering: list[dict | None], tag: str) -> float:

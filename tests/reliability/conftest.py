@@ -13,28 +13,21 @@ Each test module shares one server (start-up costs about 30-60 s on 2 cores).
 from pathlib import Path
 
 import pytest
-import torch
 from reliability.helpers import ADMIN_KEY, API_KEY
 from tiny_models import save_tiny_model, tiny_config
 from transformers import AutoConfig
 
 from adapters import io
-from adapters.sites import all_sites
-from adapters.spec import AdapterMeta, ModelIdentity, SteeringSpec
+from adapters.spec import ModelIdentity, random_spec
 from server.launch import ServerProcess, fairsteer_argv, free_port
 
 # Small engine: 256 tokens of context are enough for every prompt here and bound any generation.
 ENGINE = ("--kv-cache-memory-bytes", str(64 * 1024**2), "--max-model-len", "256")
 
 
-def random_spec(name: str, identity: ModelIdentity, seed: int) -> SteeringSpec:
-    sites = all_sites(identity.num_layers)
-    gen = torch.Generator().manual_seed(seed)
-    shape = (len(sites), identity.hidden_size)
-    a, b = 0.5 * torch.randn(shape, generator=gen), 2.0 * torch.randn(shape, generator=gen)
-    meta = AdapterMeta(name=name, method="constructed", base_model="tiny", identity=identity,
-                       training={"note": "random, for reliability tests"})
-    return SteeringSpec(sites, a, b, meta)
+def random_adapter(name: str, identity: ModelIdentity, seed: int, path: Path) -> Path:
+    spec = random_spec(identity, name, seed, scale_a=0.5, scale_b=2.0, base_model="tiny", method="constructed")
+    return io.save(spec, path)
 
 
 @pytest.fixture(scope="session")
@@ -48,12 +41,12 @@ def adapter_dir(rel_model, tmp_path_factory) -> Path:
     folder = root / "served"
     folder.mkdir()
     identity = ModelIdentity.from_config(AutoConfig.from_pretrained(rel_model))
-    io.save(random_spec("A", identity, seed=1), folder / "A.safetensors")
-    io.save(random_spec("B", identity, seed=2), folder / "B.safetensors")
+    random_adapter("A", identity, 1, folder / "A.safetensors")
+    random_adapter("B", identity, 2, folder / "B.safetensors")
     (folder / "corrupt.safetensors").write_bytes(b"\x80\x04 this is not a safetensors file (nor a pickle)")
     wrong = ModelIdentity.from_config(tiny_config("LlamaForCausalLM", hidden=64))
-    io.save(random_spec("wrong", wrong, seed=3), folder / "wrong.safetensors")
-    outside = io.save(random_spec("outside", identity, seed=4), root / "outside.safetensors")
+    random_adapter("wrong", wrong, 3, folder / "wrong.safetensors")
+    outside = random_adapter("outside", identity, 4, root / "outside.safetensors")
     (folder / "escape.safetensors").symlink_to(outside)
     return folder
 

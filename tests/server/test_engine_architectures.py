@@ -8,14 +8,12 @@ Qwen2 shares Qwen3's decoder code in vLLM (Qwen3Model subclasses Qwen2Model) and
 """
 
 import pytest
-import torch
 from tiny_models import save_tiny_model
 from transformers import AutoConfig
 from vllm import LLM, SamplingParams
 
 from adapters import io
-from adapters.sites import all_sites
-from adapters.spec import AdapterMeta, ModelIdentity, SteeringSpec
+from adapters.spec import ModelIdentity, random_spec
 from server.vllm_plugin import ADAPTER_KEY, STRENGTH_KEY, engine_kwargs
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -34,12 +32,8 @@ def greedy(llm: LLM, requests: list[tuple[str, dict | None, int]]) -> list[list[
 
 def random_adapter(model_dir, out_dir) -> str:
     identity = ModelIdentity.from_config(AutoConfig.from_pretrained(model_dir))
-    sites = all_sites(identity.num_layers)
-    gen = torch.Generator().manual_seed(2)
-    a = 0.5 * torch.randn(len(sites), identity.hidden_size, generator=gen)
-    b = 2.0 * torch.randn(len(sites), identity.hidden_size, generator=gen)
-    meta = AdapterMeta(name="rand", method="random", base_model=str(model_dir), identity=identity)
-    return str(io.save(SteeringSpec(sites, a, b, meta), out_dir / "rand.safetensors"))
+    spec = random_spec(identity, "rand", seed=2, scale_a=0.5, scale_b=2.0, base_model=str(model_dir))
+    return str(io.save(spec, out_dir / "rand.safetensors"))
 
 
 CASES = [("Qwen3ForCausalLM", "eager-fused"), ("Gemma3ForCausalLM", "eager"), ("LlamaForCausalLM", "compiled"),

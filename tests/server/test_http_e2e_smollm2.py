@@ -6,12 +6,10 @@ Slow (about a minute of start-up on one core); skips when the model cannot be ob
 
 import openai
 import pytest
-import torch
 from transformers import AutoConfig
 
 from adapters import io
-from adapters.sites import all_sites
-from adapters.spec import AdapterMeta, ModelIdentity, SteeringSpec
+from adapters.spec import ModelIdentity, random_spec
 from server.launch import ServerProcess, fairsteer_argv, free_port
 
 MODEL = "smollm2-135m-instruct"
@@ -27,12 +25,9 @@ def smollm2_server(tmp_path_factory):
     except (ModelPullError, OSError) as exc:
         pytest.skip(f"SmolLM2 could not be obtained here: {exc}")
     identity = ModelIdentity.from_config(AutoConfig.from_pretrained(path))
-    sites = all_sites(identity.num_layers)
-    gen = torch.Generator().manual_seed(0)
-    a = 0.2 * torch.randn(len(sites), identity.hidden_size, generator=gen)
-    b = 0.5 * torch.randn(len(sites), identity.hidden_size, generator=gen)
-    meta = AdapterMeta(name="constructed", method="constructed", base_model=MODEL, identity=identity)
-    adapter = io.save(SteeringSpec(sites, a, b, meta), tmp_path_factory.mktemp("e2e") / "fair.safetensors")
+    spec = random_spec(identity, "constructed", seed=0, scale_a=0.2, scale_b=0.5, base_model=MODEL,
+                       method="constructed")
+    adapter = io.save(spec, tmp_path_factory.mktemp("e2e") / "fair.safetensors")
     port = free_port()
     argv = fairsteer_argv(MODEL, {"fair": str(adapter)}, port)
     with ServerProcess(argv, port, tmp_path_factory.mktemp("e2e-logs") / "serve.log") as server:
