@@ -18,8 +18,12 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from server.security import DEFAULT_MAX_REQUEST_BYTES, SecuritySettings, install_security, send_error
+
+if TYPE_CHECKING:  # adapters.spec imports torch; `fairsteer --help` imports this module
+    from adapters.spec import ModelIdentity
 
 
 @dataclass
@@ -52,8 +56,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                         f"--shutdown-timeout; default {DEFAULT_DRAIN_S}, 0 aborts them)")
 
 
-def configure(args: argparse.Namespace, model_path: str, table: dict[str, str], kwargs: dict,
-              options: list[str]) -> dict:
+def configure(args: argparse.Namespace, model_path: str, identity: "ModelIdentity", table: dict[str, str],
+              kwargs: dict, options: list[str]) -> dict:
     """Check the flags; return the engine kwargs with the drain timeout and what run-time adapter loading
     needs."""
     from server.cli import UsageError
@@ -95,11 +99,7 @@ def configure(args: argparse.Namespace, model_path: str, table: dict[str, str], 
         if not kwargs.get("hf_overrides"):
             raise UsageError("--adapter-dir: fairsteer cannot steer this model's architecture in vLLM")
     _config.admin = AdminSettings(tuple(dirs), args.max_adapters)
-    from transformers import AutoConfig
-
-    from adapters.spec import ModelIdentity
-
-    _config.identity = ModelIdentity.from_config(AutoConfig.from_pretrained(model_path))
+    _config.identity = identity
     return {**kwargs, "worker_extension_cls": EXTENSION_FQCN}
 
 

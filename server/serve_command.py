@@ -73,13 +73,14 @@ def run(args: argparse.Namespace) -> int:
     from server.registry import load_registry
 
     group_metrics.configure(args.group_lexicon, [served_name])  # a bad lexicon stops start-up here
-    registry = load_registry(served_name, table, _identity(model_path), args.default_adapter,
+    identity = _identity(model_path)
+    registry = load_registry(served_name, table, identity, args.default_adapter,
                              args.default_fairness_strength, args.max_fairness_strength)
     group_metrics.set_loaded_adapters(registry.adapters)
     kwargs = _plugin_kwargs(model_path, table)
     from server.reliability import configure  # issue 6: auth, limits, run-time adapters
 
-    kwargs = configure(args, model_path, table, kwargs, options)
+    kwargs = configure(args, model_path, identity, table, kwargs, options)
     return _serve(model_path, args.host, args.port, options, kwargs, registry)
 
 

@@ -165,11 +165,11 @@ def test_serve_flags_that_cannot_work_stop_start_up_with_the_fix(overrides, opti
     monkeypatch.delenv("FAIRSTEER_API_KEY", raising=False)
     monkeypatch.delenv("FAIRSTEER_ADMIN_KEY", raising=False)
     with pytest.raises(UsageError, match=words):
-        configure(_serve_args(**overrides), "unused-model", {}, {}, options)
+        configure(_serve_args(**overrides), "unused-model", None, {}, {}, options)
 
 
 def test_serve_drains_by_default_unless_vllm_shutdown_timeout_is_given(monkeypatch):
     monkeypatch.delenv("FAIRSTEER_API_KEY", raising=False)
     monkeypatch.delenv("FAIRSTEER_ADMIN_KEY", raising=False)
-    assert configure(_serve_args(), "m", {}, {}, [])["shutdown_timeout"] == DEFAULT_DRAIN_S
-    assert "shutdown_timeout" not in configure(_serve_args(), "m", {}, {}, ["--shutdown-timeout", "5"])
+    assert configure(_serve_args(), "m", None, {}, {}, [])["shutdown_timeout"] == DEFAULT_DRAIN_S
+    assert "shutdown_timeout" not in configure(_serve_args(), "m", None, {}, {}, ["--shutdown-timeout", "5"])
