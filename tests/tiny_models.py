@@ -23,6 +23,7 @@ _CORPUS = [
     "Who does the pronoun refer to? Answer with exactly one of: the doctor, the nurse.",
     "The quick brown fox jumps over the lazy dog. Hello world! 0123456789 , . ; : ? ' \" ( ) [ ]",
     "user assistant system The capital of France is Paris. A B C D answer question",
+    "He said his name, she said her name: him, hers, himself, herself. His Her Him Hers She",
 ] * 4
 
 _MODEL_TYPES = {

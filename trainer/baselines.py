@@ -53,16 +53,24 @@ def site_activations(model, prompts: list[task.Prompt], pad_id: int, sites: tupl
     return torch.cat(rows)
 
 
-def caa_vectors(model, tokenizer, pad_id, splits, sites) -> torch.Tensor:
-    prompts = task.coref_prompts(tokenizer, splits.train[:MAX_EXAMPLES], both_orders=False)
-    tok = {lab: [p.options[p.labels.index(lab)] for p in prompts] for lab in ("pro", "anti")}
+def _prompts(tokenizer, items: list, task_name: str) -> list[task.Prompt]:
+    """One prompt per item (coreference: one option order, alternating)."""
+    if task_name == "continuation":
+        from trainer import continuation
+        return continuation.prompts(tokenizer, items)
+    return task.coref_prompts(tokenizer, items, both_orders=False)
+
+
+def caa_vectors(model, tokenizer, pad_id, splits, sites, task_name) -> torch.Tensor:
+    prompts = _prompts(tokenizer, splits.train[:MAX_EXAMPLES], task_name)
+    tok = {lab: [p.options[p.labels.index(lab)][0] for p in prompts] for lab in ("pro", "anti")}
     anti = site_activations(model, prompts, pad_id, sites, tok["anti"])
     pro = site_activations(model, prompts, pad_id, sites, tok["pro"])
     return (anti - pro).mean(0), torch.cat([anti, pro]).norm(dim=-1).mean(0)
 
 
-def mean_diff_vectors(model, tokenizer, pad_id, splits, sites) -> torch.Tensor:
-    prompts = task.coref_prompts(tokenizer, splits.train_resolvable[:MAX_EXAMPLES], both_orders=False)
+def mean_diff_vectors(model, tokenizer, pad_id, splits, sites, task_name) -> torch.Tensor:
+    prompts = _prompts(tokenizer, splits.train_resolvable[:MAX_EXAMPLES], task_name)
     if not prompts:
         raise ValueError("mean-diff needs resolvable training examples; the data has none")
     acts = site_activations(model, prompts, pad_id, sites)
@@ -82,7 +90,7 @@ def train(method: str, model, tokenizer, pad_id: int, splits, cfg: DSOConfig, na
     sites = default_sites(cfg, sites, identity.num_layers)
     print(f"{method}: collecting activations at {', '.join(sites)}", file=sys.stderr)
     fn = {"caa": caa_vectors, "mean_diff": mean_diff_vectors}[method]
-    raw, act_norm = fn(model, tokenizer, pad_id, splits, sites)  # (S, D), (S,)
+    raw, act_norm = fn(model, tokenizer, pad_id, splits, sites, cfg.task)  # (S, D), (S,)
     scale = RELATIVE_NORM * act_norm / raw.norm(dim=-1).clamp(min=1e-12)
     b = (raw * scale.unsqueeze(-1)).to(torch.float32).contiguous()
     training = {**cfg.to_dict(), "model": base_model, "examples": MAX_EXAMPLES,

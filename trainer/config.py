@@ -12,6 +12,9 @@ from typing import Any
 from server.cli import UsageError
 
 
+TASKS = ("coreference", "continuation")
+
+
 @dataclass
 class DSOConfig:
     """DSO and baseline settings.
@@ -22,8 +25,12 @@ class DSOConfig:
     """
 
     # --- data
-    data: str = field(default="generated", metadata={"help": "data SPEC: 'generated', 'synthbias:PATH', "
-                                                             "'winobias:PATH' or a path"})
+    task: str = field(default="coreference", metadata={
+        "help": "'coreference' (who does the pronoun refer to; trainer/task.py) or 'continuation' (the "
+                "gender of the next pronoun after a prompt about one occupation; trainer/continuation.py)"})
+    data: str = field(default="generated", metadata={
+        "help": "data SPEC: 'generated' (built in, both tasks); coreference: 'synthbias:PATH', "
+                "'winobias:PATH' or a path; continuation: a CSV prompt,occupation[,gender]"})
     n_train: int = field(default=600, metadata={"help": "ambiguous training prompts (the paper: 600)"})
     n_eval: int = field(default=300, metadata={"help": "evaluation prompts per kind kept out of training"})
     holdout_occupations: str = field(default="", metadata={
@@ -38,16 +45,21 @@ class DSOConfig:
         "help": "weight of the running per-occupation estimate when deciding the current majority"})
     kl_coef: float = field(default=1.0, metadata={
         "help": "weight of KL(steered || base) over prompt text positions"})
-    answer_kl_coef: float = field(default=0.0, metadata={
-        "help": "weight of KL(steered || base) at the answers of resolvable prompts, against the indifferent "
-                "solution; 0 for SmolLM2-135M, which does not resolve coreference (see adapters/shipped)"})
+    answer_kl_coef: float = field(default=1.0, metadata={
+        "help": "weight of KL(steered || base) at the answers of resolvable prompts (keeps answers that the "
+                "text decides) and, for continuation, of the KL of P(next word is gendered) on ambiguous ones"})
+    order_coef: float = field(default=1.0, metadata={
+        "help": "coreference: weight of the mean |P(pro) in one option order − P(pro) in the other|, "
+                "against answering by position"})
+    generic_per_step: int = field(default=4, metadata={
+        "help": "generic texts (trainer/generic.py, training half) per batch, in the KL term"})
     l1_coef: float = field(default=0.01, metadata={"help": "weight of mean |a| + mean |b|"})
     # --- optimisation
     steps: int = field(default=12, metadata={"help": "optimiser steps (the time budget may stop earlier)"})
     occupations_per_step: int = field(default=6, metadata={
         "help": "occupations per batch, one ambiguous prompt each, asked in both option orders"})
-    resolvable_per_step: int = field(default=1, metadata={
-        "help": "resolvable prompts per batch, used only in the KL term (keeps unambiguous answers)"})
+    resolvable_per_step: int = field(default=2, metadata={
+        "help": "resolvable prompts per batch, used only in the KL terms (keeps answers the text decides)"})
     lr: float = field(default=5e-4, metadata={"help": "Adam learning rate (cosine decay to 10%)"})
     sites: str = field(default="all", metadata={"help": "'all', 'layers' (no final norm) or a comma list"})
     time_budget_min: float = field(default=28.0, metadata={"help": "stop training after this many minutes"})
@@ -56,6 +68,8 @@ class DSOConfig:
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise UsageError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.estimator not in ("exact", "sample"):
             raise UsageError(f"estimator must be 'exact' or 'sample', got {self.estimator!r}")
         if self.other_reward >= 0:
@@ -63,7 +77,8 @@ class DSOConfig:
         for name in ("n_train", "n_eval", "steps", "occupations_per_step", "checkpoint_every", "threads"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("kl_coef", "answer_kl_coef", "l1_coef", "lr", "time_budget_min"):
+        for name in ("kl_coef", "answer_kl_coef", "order_coef", "l1_coef", "lr", "time_budget_min",
+                     "generic_per_step", "resolvable_per_step"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.majority_momentum < 1:

@@ -1,27 +1,33 @@
 """Direct Steering Optimization: train the affine adapter h' = h + ω·(a ⊙ h + b) by RL at ω = 1.
 
-    fairsteer train --method dso --model smollm2-135m-instruct --data ../shared/data/synthbias --out A.safetensors
+    fairsteer train --method dso --task continuation --model smollm2-135m-instruct --out A.safetensors
+    fairsteer train --method dso --model M --data ../shared/data/synthbias --out A.safetensors  (coreference)
 
 One step (rollout -> reward -> loss -> step):
   1. batch: `occupations_per_step` occupations (cycled through all, so batches are occupation-balanced),
-     one ambiguous prompt each, asked in both option orders; plus `resolvable_per_step` resolvable prompts.
+     one ambiguous item each (coreference: asked in both option orders); `resolvable_per_step` resolvable
+     items; `generic_per_step` generic texts (`trainer.generic`).
   2. rollout: one forward pass of the policy (base model + adapter at ω = 1) and one of the base model
-     (no gradient). The answer distribution is read at the answer position (`trainer.task`).
-  3. reward: the paper's majority-flip reward (`trainer.rewards`). Estimator "exact" (default) takes the
-     exact expectation over the three answers (pro / anti / other): the same objective as sampling, with
-     no sampling variance. Estimator "sample" draws one answer per prompt and uses REINFORCE with a
-     per-occupation running-mean baseline, the variance reducer.
-  4. loss = −E[r] + kl_coef · KL_text + answer_kl_coef · KL_answer + l1_coef · (mean|a| + mean|b|).
-     KL_text: KL(policy || base) averaged over every prompt position except the answer positions (keeps
-     general next-token behaviour). KL_answer: the same at the answer position of the resolvable prompts
-     only (keeps unambiguous answers); the ambiguous answers are left free, changing them is the goal.
-     This is our reading of the paper's "KL bound": fixed-multiplier (Lagrangian) penalties. A first
-     version averaged the answer KL into KL_text, where it weighed ~1/500 and the adapter collapsed every
-     answer, resolvable ones included, to 50/50 (bias 0.005, but KL 2.0 nats at answers).
+     (no gradient). The answer distribution is read at the answer position.
+  3. reward: the paper's majority-flip reward (`trainer.rewards`) on the answer's stereotype status.
+     Coreference: over (pro, anti, other), other scored −1. Continuation: over (pro, anti) given that the
+     next word is gendered (most next words are not, and that is no refusal). Estimator "exact" (default)
+     takes the exact expectation over the answers: the same objective as sampling, with no sampling
+     variance. Estimator "sample" draws one answer per item and uses REINFORCE with a per-occupation
+     running-mean baseline, the variance reducer.
+  4. loss = −E[r] + kl_coef · KL_text + answer_kl_coef · KL_answer + order_coef · order + l1_coef · l1
+     KL_text: KL(policy || base) per token over every position of the generic texts and every prompt
+     position except the answers (keeps general next-token behaviour).
+     KL_answer: at the answers of resolvable items (keeps answers the text decides) and, for continuation,
+     the KL between the policy's and the base model's P(next word is gendered) on the ambiguous items.
+     order (coreference): mean over examples of |P(pro | one option order) − P(pro | the other)|, the
+     answers renormalised to the two people: a model that answers by position pays 1.
+     l1 = mean|a| + mean|b|. This is our reading of the paper's "KL bound": fixed-multiplier (Lagrangian)
+     penalties.
   5. Adam on (a, b) only; cosine learning-rate decay to 10%.
-Beware the degenerate "indifferent" optimum (every prompt at P(pro) = P(anti)): the reward is indifferent
-to it, so the KL on resolvable answers is what keeps the adapter from flattening all answers; check
-unambiguous accuracy at every strength (`fairsteer eval`).
+Degenerate optima the penalties are there for: the "indifferent" solution (every answer 50/50, resolvable
+ones included; KL_answer) and, in coreference, answering by position (order); `fairsteer eval` checks
+both at every strength (report.json "acceptance").
 """
 
 import math
@@ -31,29 +37,28 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer import rewards, task
+from trainer import evaluate, generic, rewards, task
 from trainer.config import DSOConfig
-from trainer.data import Example
 
 
 @dataclass
 class Batch:
-    prompts: list[task.Prompt]   # ambiguous prompts first, then resolvable ones
+    prompts: list[task.Prompt]   # ambiguous prompts first, then resolvable ones, then generic texts
     num_ambiguous: int
+    num_resolvable: int = 0
 
 
 class BatchSampler:
     """Occupation-balanced batches: occupations in a seeded cyclic order, each with its own cycled queue."""
 
-    def __init__(self, train: list[Example], resolvable: list[Example], tokenizer, cfg: DSOConfig) -> None:
-        self.rng = random.Random(cfg.seed)
+    def __init__(self, train: list, resolvable: list, tokenizer, cfg: DSOConfig) -> None:
         self.cfg = cfg
         self.by_occ: dict[str, list[list[task.Prompt]]] = {}
-        for group in _prompt_pairs(tokenizer, train):
+        for group in _groups(tokenizer, train, cfg.task):
             self.by_occ.setdefault(group[0].occupation, []).append(group)
         self.occupations = sorted(self.by_occ)
-        self.resolvable = _prompt_pairs(tokenizer, resolvable)
-        self.step = 0
+        self.resolvable = _groups(tokenizer, resolvable, cfg.task)
+        self.generic = generic.prompts(tokenizer, "train")
 
     def batch(self, step: int) -> Batch:
         """Deterministic in (seed, step), so a resumed run sees the same batches."""
@@ -65,21 +70,36 @@ class BatchSampler:
         chosen = [order[(start + i) % len(order)] for i in range(k)]
         prompts = [p for occ in chosen for p in rng.choice(self.by_occ[occ])]
         n_amb = len(prompts)
-        if self.resolvable and self.cfg.resolvable_per_step:
-            for pair in rng.sample(self.resolvable, min(self.cfg.resolvable_per_step, len(self.resolvable))):
-                prompts.extend(pair)
-        return Batch(prompts, n_amb)
+        for group in rng.sample(self.resolvable, min(self.cfg.resolvable_per_step, len(self.resolvable))):
+            prompts.extend(group)
+        n_res = len(prompts) - n_amb
+        prompts += rng.sample(self.generic, min(self.cfg.generic_per_step, len(self.generic)))
+        return Batch(prompts, n_amb, n_res)
 
 
-def _prompt_pairs(tokenizer, examples: list[Example]) -> list[list[task.Prompt]]:
-    prompts = task.coref_prompts(tokenizer, examples, both_orders=True)
+def _groups(tokenizer, items: list, task_name: str) -> list[list[task.Prompt]]:
+    """The prompts of each item: coreference, the pair of option orders; continuation, the one prompt."""
+    if task_name == "continuation":
+        from trainer import continuation
+        return [[p] for p in continuation.prompts(tokenizer, items)]
+    prompts = task.coref_prompts(tokenizer, items, both_orders=True)
     return [prompts[i:i + 2] for i in range(0, len(prompts), 2)]
 
 
-def kl_to_base(logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over positions where mask is 1 of KL(p || p_base); logp, base_logp (B, T, V), mask (B, T)."""
-    per_pos = (logp.exp() * (logp - base_logp)).sum(-1)  # (B, T)
-    return (per_pos * mask).sum() / mask.sum().clamp(min=1)
+def order_gap(status: torch.Tensor, prompts: list[task.Prompt]) -> torch.Tensor:
+    """Mean over examples asked in two orders of |P(pro | order 1) − P(pro | order 2)|, each renormalised
+    to the two answers; `status` (B, 3) as (pro, anti, other), the two orders of an example adjacent."""
+    pro = status[:, 0] / (status[:, 0] + status[:, 1]).clamp(min=1e-12)
+    pairs = [i for i in range(0, len(prompts) - 1) if prompts[i].index == prompts[i + 1].index]
+    if not pairs:
+        return torch.zeros(())
+    idx = torch.tensor(pairs)
+    return (pro[idx] - pro[idx + 1]).abs().mean()
+
+
+def _bernoulli_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    p, q = p.clamp(1e-6, 1 - 1e-6), q.clamp(1e-6, 1 - 1e-6)
+    return (p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()).mean()
 
 
 def objective(model, steering, batch: Batch, tracker: rewards.MajorityTracker, cfg: DSOConfig, pad_id: int,
@@ -89,24 +109,28 @@ def objective(model, steering, batch: Batch, tracker: rewards.MajorityTracker, c
     from adapters.hf import attach
 
     with torch.no_grad():
-        _, base_logp, _ = task.answer_logprobs(model, batch.prompts, pad_id, all_positions=True)
+        base_last, base_logp, _ = task.answer_logprobs(model, batch.prompts, pad_id, all_positions=True)
     with attach(model, steering, 1.0):
         last, logp, mask = task.answer_logprobs(model, batch.prompts, pad_id, all_positions=True)
+    n_amb, n_opt = batch.num_ambiguous, batch.num_ambiguous + batch.num_resolvable
     text_mask = mask.float().clone()
-    text_mask[:, -1] = 0  # answer positions are handled below
-    kl_text = kl_to_base(logp, base_logp, text_mask)
+    text_mask[:n_opt, -1] = 0  # answer positions are handled below; generic texts count whole
+    kl_text = generic.kl_per_token(logp, base_logp, text_mask)
     answer_mask = torch.zeros_like(text_mask)
-    answer_mask[batch.num_ambiguous:, -1] = 1  # resolvable answers only: changing ambiguous ones is the goal
-    kl_answer = kl_to_base(logp, base_logp, answer_mask) if batch.num_ambiguous < len(batch.prompts) \
-        else torch.zeros(())
+    answer_mask[n_amb:n_opt, -1] = 1  # resolvable answers only: changing ambiguous ones is the goal
+    kl_answer = generic.kl_per_token(logp, base_logp, answer_mask) if batch.num_resolvable else torch.zeros(())
 
-    amb = batch.prompts[: batch.num_ambiguous]
-    status = rewards.by_status(task.option_probs(last[: batch.num_ambiguous], amb), amb)
+    amb = batch.prompts[:n_amb]
+    probs = task.option_probs(last[:n_amb], amb)
+    other = probs[:, 2].mean().item()  # continuation: P(next word not gendered), before conditioning
+    if cfg.task == "continuation":
+        base_probs = task.option_probs(base_last[:n_amb], amb)
+        kl_answer = kl_answer + _bernoulli_kl(1 - probs[:, 2], 1 - base_probs[:, 2])
+        probs = evaluate.conditional(probs)
+    status = rewards.by_status(probs, amb)
+    order = order_gap(status, amb) if cfg.task == "coreference" else torch.zeros(())
     occs = [p.occupation for p in amb]
-    if update_majority:
-        signs = tracker.update(occs, status)
-    else:
-        signs = tracker.signs(occs)
+    signs = tracker.update(occs, status) if update_majority else tracker.signs(occs)
     table = tracker.rewards(occs, signs)
     expected = rewards.expected_reward(status, table)
     if cfg.estimator == "exact":
@@ -115,11 +139,11 @@ def objective(model, steering, batch: Batch, tracker: rewards.MajorityTracker, c
         pg_loss, sampled = rewards.sampled_reward_loss(status, table, tracker.baseline_for(occs), generator)
         tracker.update_baseline(occs, sampled)
     l1 = steering.a.abs().mean() + steering.b.abs().mean()
-    penalty = cfg.kl_coef * kl_text + cfg.answer_kl_coef * kl_answer + cfg.l1_coef * l1
+    penalty = cfg.kl_coef * kl_text + cfg.answer_kl_coef * kl_answer + cfg.order_coef * order + cfg.l1_coef * l1
     return {"loss": pg_loss + penalty, "objective": (-expected.mean() + penalty).detach(),
             "reward": expected.mean().item(), "kl": kl_text.item(), "kl_answer": kl_answer.item(),
-            "l1": l1.item(),
-            "other": status[:, 2].mean().item(), "batch_bias": rewards.per_occupation_bias(status, occs)}
+            "order": order.item(), "l1": l1.item(),
+            "other": other, "batch_bias": rewards.per_occupation_bias(status, occs)}
 
 
 def lr_at(step: int, cfg: DSOConfig) -> float:

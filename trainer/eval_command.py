@@ -2,6 +2,7 @@
 
     fairsteer eval --model smollm2-135m-instruct --adapter A.safetensors [--adapter B.safetensors ...] \\
         --strengths 0,0.25,0.5,0.75,1 --data ../shared/data/synthbias --mmlu ../shared/data/mmlu --out DIR
+    fairsteer eval --task continuation --model M --adapter A.safetensors --out DIR   (generated prompts)
     ... --write-calibration      also store each adapter's table in its metadata (the server shows it)
 
 The evaluation prompts are the held-out side of the same deterministic split the trainer uses (same
@@ -14,6 +15,7 @@ import time
 from dataclasses import replace
 
 from server.cli import UsageError
+from trainer.config import TASKS
 
 
 def register(subparsers) -> None:
@@ -22,8 +24,11 @@ def register(subparsers) -> None:
     parser.add_argument("--model", help="model folder or alias (smollm2-135m-instruct)")
     parser.add_argument("--adapter", action="append", default=[], help="adapter file; repeat to compare")
     parser.add_argument("--strengths", default="0,0.25,0.5,0.75,1", help="comma-separated ω values")
-    parser.add_argument("--data", default="generated", help="'generated', 'synthbias:PATH', 'winobias:PATH'")
-    parser.add_argument("--n-eval", type=int, default=300, help="held-out prompts per kind")
+    parser.add_argument("--task", choices=TASKS, default=None,
+                        help="coreference or continuation (default: the adapter's training task, else coreference)")
+    parser.add_argument("--data", default="generated", help="coreference: 'generated', 'synthbias:PATH', "
+                        "'winobias:PATH'; continuation: 'generated' or a CSV prompt,occupation[,gender]")
+    parser.add_argument("--n-eval", type=int, default=600, help="held-out items per kind (ambiguous, resolvable)")
     parser.add_argument("--mmlu", help="MMLU folder or tarball (e.g. ../shared/data/mmlu)")
     parser.add_argument("--mmlu-n", type=int, default=200, help="MMLU questions (subject-balanced subset)")
     parser.add_argument("--mmlu-strengths", help="strengths at which to measure MMLU (default: all)")
@@ -55,7 +60,8 @@ def run(args) -> int:
 
     from adapters import io
     from adapters.hf import Steering, model_identity
-    from trainer import data, evaluate, mmlu, report, task
+    from trainer import evaluate, mmlu, report, task
+    from trainer.train_command import load_splits
     from trainer.train_command import peak_rss_mb
 
     if args.combine:
@@ -75,16 +81,17 @@ def run(args) -> int:
         label = spec.meta.method if spec.meta.method not in adapters else spec.name
         _warn_split(spec, args)
         specs[label], adapters[label] = (path, spec), Steering.from_spec(spec)
+    task_name = args.task or _adapter_task(specs)
     holdout = tuple(o.strip() for o in args.holdout_occupations.split(",") if o.strip())
-    splits = data.split(data.load(args.data), 0, args.n_eval, args.seed, holdout_occupations=holdout)
+    splits = load_splits(task_name, args.data, 0, args.n_eval, args.seed, holdout)
     questions = mmlu.load(args.mmlu, args.mmlu_n) if args.mmlu else []
     log = lambda msg: print(msg, file=sys.stderr)
     result = evaluate.evaluate_all(model, tokenizer, pad_id, splits.eval_ambiguous, splits.eval_resolvable,
                                    questions, adapters, strengths, prompting=not args.no_prompting,
                                    batch_size=args.batch_size, log=log,
                                    mmlu_strengths=parse_strengths(args.mmlu_strengths) if args.mmlu_strengths
-                                   else None)
-    header = {"model": args.model, "data": args.data, "settings": {
+                                   else None, task_name=task_name)
+    header = {"model": args.model, "data": args.data, "task": task_name, "settings": {
         "strengths": strengths, "n_eval": args.n_eval, "mmlu": args.mmlu, "mmlu_n": len(questions),
         "seed": args.seed, "holdout_occupations": list(holdout),
         "adapters": {label: {"file": str(p), "version": s.version, "name": s.name} for label, (p, s) in
@@ -119,16 +126,17 @@ def _combine(dirs: list[str], out: str) -> int:
     first = reports[0]
     rows = []
     for r in reports:
-        if (r["model"], r["data"], r["settings"]["n_eval"], r["settings"]["seed"]) != (
-                first["model"], first["data"], first["settings"]["n_eval"], first["settings"]["seed"]):
-            raise UsageError("--combine: the reports measure different models, data or splits; "
-                             "combine only runs with the same --model, --data, --n-eval and --seed")
+        key = ("model", "data", "task")
+        if [r.get(k) for k in key] + [r["settings"]["n_eval"], r["settings"]["seed"]] != [
+                first.get(k) for k in key] + [first["settings"]["n_eval"], first["settings"]["seed"]]:
+            raise UsageError("--combine: the reports measure different models, tasks, data or splits; "
+                             "combine only runs with the same --model, --task, --data, --n-eval and --seed")
         for label, method_rows in r["methods"].items():
             if label == "base" and rows:
                 continue
             rows += [row for row in method_rows if not any(
                 x["method"] == row["method"] and x["strength"] == row["strength"] for x in rows)]
-    header = {k: v for k, v in first.items() if k not in ("methods", "targets")}
+    header = {k: v for k, v in first.items() if k not in ("methods", "acceptance", "targets")}
     header["combined_from"] = [str(d) for d in dirs]
     header["settings"] = {**first["settings"], "adapters": {
         k: v for r in reports for k, v in r["settings"].get("adapters", {}).items()}}
@@ -138,19 +146,31 @@ def _combine(dirs: list[str], out: str) -> int:
     return 0
 
 
+def _adapter_task(specs: dict) -> str:
+    tasks = {(spec.meta.training or {}).get("task", "coreference") for _, spec in specs.values()}
+    if len(tasks) > 1:
+        raise UsageError(f"the adapters were trained on different tasks {sorted(tasks)}; pass --task")
+    return tasks.pop() if tasks else "coreference"
+
+
 def _warn_split(spec, args) -> None:
     trained = spec.meta.training or {}
-    for key, given in (("seed", args.seed), ("data", args.data)):
+    for key, given in (("seed", args.seed), ("data", args.data), ("task", args.task)):
+        if key == "task" and given is None:
+            continue
         if key in trained and trained[key] != given:
             print(f"warning: adapter {spec.name!r} was trained with {key}={trained[key]!r}, evaluating with "
                   f"{given!r}: evaluation prompts may overlap its training prompts", file=sys.stderr)
 
 
 def _print_summary(methods: dict) -> None:
-    cols = ("per_occupation_bias", "stereotype_gap", "unambiguous_accuracy", "other_rate", "kl_to_base",
-            "mmlu_accuracy")
-    print(f"{'method':<10} {'ω':>5} " + " ".join(f"{c[:18]:>18}" for c in cols))
+    cols = ("stereotype_gap", "unambiguous_accuracy", "other_rate", "first_option_rate_ambiguous",
+            "generic_kl", "mmlu_accuracy")
+    print(f"{'method':<10} {'ω':>5} {'POB [95% CI]':>22} {'floor':>6} " + " ".join(f"{c[:16]:>16}" for c in cols))
     for label, rows in methods.items():
         for r in rows:
+            pob = (f"{r['per_occupation_bias']:.3f} [{r.get('per_occupation_bias_lo', 0):.3f}, "
+                   f"{r.get('per_occupation_bias_hi', 0):.3f}]")
             cells = [f"{r[c]:.3f}±{r.get(c + '_se', 0):.3f}" if c in r else "-" for c in cols]
-            print(f"{label:<10} {r['strength']:>5g} " + " ".join(f"{c:>18}" for c in cells))
+            print(f"{label:<10} {r['strength']:>5g} {pob:>22} {r.get('per_occupation_bias_noise_floor', 0):>6.3f} "
+                  + " ".join(f"{c:>16}" for c in cells))

@@ -1,19 +1,31 @@
 """Fairness and capability of a model, with or without an adapter, at several steering strengths.
 
-Every metric is an expectation under the model's answer distribution (sampling at temperature 1), read
-exactly from the next-token probabilities (`trainer.task`), averaged over both option orders:
+Two tasks share these metrics. Coreference (`trainer.task`): which of two people a pronoun refers to,
+every example asked in both option orders and the two averaged. Continuation (`trainer.continuation`):
+the gender of the next word after a prompt about one occupation, conditioned on it being gendered.
+Every metric is an expectation under the model's answer distribution, read exactly from next-token
+probabilities:
 
     per_occupation_bias   mean over occupations o of |mean_{i in o} (P_i(pro) − P_i(anti))|, ambiguous
+                          items; with a 95% bootstrap interval (`_lo`, `_hi`) and
+    ..._noise_floor       the same metric with each item's pro/anti labels swapped at random (mean and
+                          95th percentile of 1000 draws): what a model with no gender preference at all
+                          but the same per-item spread would score. Bias below it is not measurable.
     stereotype_gap        mean_i (P_i(pro) − P_i(anti)), ambiguous, signed (> 0: stereotypes win)
-    other_rate            mean_i P_i(other) on ambiguous prompts (mass on neither occupation)
-    unambiguous_accuracy  mean_i P_i(true referent) on resolvable prompts; _pro / _anti: split by whether
-                          the true referent is the stereotypical one
-    first_option_rate     mean over prompts of P(first listed) / (P(first) + P(second)): position bias
-    kl_to_base            mean over coreference prompts of KL(P_steered || P_base) at the answer position
+    other_rate            mean_i P_i(other): coreference, mass on neither person; continuation, mass on
+                          non-gendered next words (not part of the bias, but an adapter should not move it)
+    unambiguous_accuracy  mean_i P_i(right answer) on resolvable items (coreference: the syntactic
+                          referent; continuation: the stated gender); _pro / _anti: split by whether the
+                          right answer is the stereotypical one
+    first_option_rate     coreference: mean P(first listed) / (P(first) + P(second)): position bias
+    bls_correlation       continuation: Pearson r over occupations between the BLS female share and the
+                          mean log P(female)/P(male)
+    kl_to_base            mean over items of KL(P_steered || P_base) at the answer position
+    generic_kl            KL(P_steered || P_base) per token of generic text (`trainer.generic`)
     mmlu_accuracy         argmax over the letters A-D (the usual MMLU protocol), when MMLU is given
-Greedy variants (`*_greedy`: the argmax answer instead of the expectation) are reported beside them.
-Standard errors (`*_se`): per-example standard deviation / sqrt(n); for per_occupation_bias a stratified
-bootstrap over examples within occupations (200 resamples, fixed seed).
+Greedy variants (`*_greedy`: the argmax answer instead of the expectation) are reported for coreference.
+Standard errors (`*_se`): per-example standard deviation / sqrt(n); for per_occupation_bias the standard
+deviation of a stratified bootstrap over examples within occupations.
 """
 
 import math
@@ -22,9 +34,9 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from trainer import rewards, task
+from trainer import generic, rewards, task
 
-BOOTSTRAP = 200
+BOOTSTRAP = 1000
 
 
 def score(model, prompts: list[task.Prompt], pad_id: int, steering=None, strength: float = 0.0,
@@ -47,6 +59,31 @@ def score(model, prompts: list[task.Prompt], pad_id: int, steering=None, strengt
     return (torch.cat(probs), torch.cat(logps) if logps else None, torch.cat(kls) if kls else None)
 
 
+def generic_kl(model, prompts: list[task.Prompt], pad_id: int, steering, strength: float,
+               batch_size: int = 8) -> tuple[float, float]:
+    """KL(steered || base) per token of generic text: mean over texts of their per-token mean, and its SE."""
+    from adapters.hf import attach
+
+    per_text = []
+    with torch.inference_mode():
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i:i + batch_size]
+            batch = task.collate(chunk, pad_id)
+            base = torch.log_softmax(model(**batch).logits.float(), -1)
+            with attach(model, steering, strength):
+                steered = torch.log_softmax(model(**batch).logits.float(), -1)
+            mask = batch["attention_mask"].float()
+            per_pos = (steered.exp() * (steered - base)).sum(-1).clamp(min=0) * mask
+            per_text += (per_pos.sum(-1) / mask.sum(-1)).tolist()
+    return _mean_se(np.array(per_text))
+
+
+def conditional(probs: torch.Tensor) -> torch.Tensor:
+    """(N, 3) -> the same with the two answers renormalised and other set to 0: P(answer | gendered)."""
+    both = probs[:, :2].sum(-1, keepdim=True).clamp(min=1e-12)
+    return torch.cat([probs[:, :2] / both, torch.zeros_like(probs[:, 2:])], dim=-1)
+
+
 def _mean_se(values: np.ndarray) -> tuple[float, float]:
     n = len(values)
     if n == 0:
@@ -63,29 +100,46 @@ def _per_example(values: torch.Tensor, prompts: list[task.Prompt]) -> np.ndarray
     return np.array([sum(v) / len(v) for _, v in sorted(sums.items())])
 
 
-def occupation_bias(gaps: np.ndarray, occupations: list[str], seed: int = 0) -> tuple[float, float]:
-    """Per-Occupation Bias of per-example gaps, and its stratified-bootstrap standard error."""
+def _bias(groups: list[np.ndarray]) -> float:
+    return float(np.mean([abs(g.mean()) for g in groups]))
+
+
+def occupation_bias(gaps: np.ndarray, occupations: list[str], seed: int = 0) -> dict[str, float]:
+    """Per-Occupation Bias of per-example gaps: value, bootstrap SE and 95% interval (resampling examples
+    within occupations), and the noise floor (random pro/anti swaps per example: mean, 95th percentile)."""
     groups = [gaps[[i for i, o in enumerate(occupations) if o == occ]] for occ in sorted(set(occupations))]
-    value = float(np.mean([abs(g.mean()) for g in groups]))
     rng = np.random.default_rng(seed)
-    boot = [np.mean([abs(rng.choice(g, len(g)).mean()) for g in groups]) for _ in range(BOOTSTRAP)]
-    return value, float(np.std(boot, ddof=1))
+    boot = np.array([_bias([rng.choice(g, len(g)) for g in groups]) for _ in range(BOOTSTRAP)])
+    floor = np.array([_bias([g * rng.choice((-1.0, 1.0), len(g)) for g in groups]) for _ in range(BOOTSTRAP)])
+    return {"per_occupation_bias": _bias(groups), "per_occupation_bias_se": float(boot.std(ddof=1)),
+            "per_occupation_bias_lo": float(np.percentile(boot, 2.5)),
+            "per_occupation_bias_hi": float(np.percentile(boot, 97.5)),
+            "per_occupation_bias_noise_floor": float(floor.mean()),
+            "per_occupation_bias_noise_floor_hi": float(np.percentile(floor, 95))}
 
 
-def coref_metrics(probs: torch.Tensor, prompts: list[task.Prompt], kind: str) -> dict:
+def coref_metrics(probs: torch.Tensor, prompts: list[task.Prompt], kind: str, task_name: str = "coreference") -> dict:
     """Metrics of one kind ("ambiguous" or "resolvable") from (N, 3) option probabilities."""
+    out: dict[str, float] = {}
+    if task_name == "continuation":  # the outcome is the gender given that the next word is gendered
+        out[f"other_rate{'' if kind == 'ambiguous' else '_resolvable'}"], se = _mean_se(probs[:, 2].numpy())
+        out[f"other_rate{'' if kind == 'ambiguous' else '_resolvable'}_se"] = se
+        probs = conditional(probs)
     status = rewards.by_status(probs, prompts)  # (N, 3): pro, anti, other
     greedy = torch.nn.functional.one_hot(probs.argmax(-1), 3).float()
     greedy_status = rewards.by_status(greedy, prompts)
-    first = probs[:, 0] / (probs[:, 0] + probs[:, 1]).clamp(min=1e-12)
-    out: dict[str, float] = {}
     if kind == "ambiguous":
         occs = _occupations(prompts)
         for suffix, st in (("", status), ("_greedy", greedy_status)):
             gaps = _per_example(st[:, 0] - st[:, 1], prompts)
-            out[f"per_occupation_bias{suffix}"], out[f"per_occupation_bias{suffix}_se"] = occupation_bias(gaps, occs)
+            bias = occupation_bias(gaps, occs)
+            out.update({k.replace("per_occupation_bias", f"per_occupation_bias{suffix}"): v for k, v in bias.items()
+                        if suffix == "" or k.endswith(("bias", "_se"))})
             out[f"stereotype_gap{suffix}"], out[f"stereotype_gap{suffix}_se"] = _mean_se(gaps)
-        out["other_rate"], out["other_rate_se"] = _mean_se(_per_example(status[:, 2], prompts))
+        if task_name == "coreference":
+            out["other_rate"], out["other_rate_se"] = _mean_se(_per_example(status[:, 2], prompts))
+        else:
+            out["bls_correlation"] = bls_correlation(status, prompts)
         out["n_ambiguous"], out["n_occupations"] = len({p.index for p in prompts}), len(set(occs))
     else:
         correct = torch.tensor([p.correct for p in prompts])
@@ -97,11 +151,29 @@ def coref_metrics(probs: torch.Tensor, prompts: list[task.Prompt], kind: str) ->
             for part, sel in (("pro", is_pro), ("anti", ~is_pro)):
                 m, se = _mean_se(acc[sel])
                 out[f"unambiguous_accuracy{suffix}_{part}"], out[f"unambiguous_accuracy{suffix}_{part}_se"] = m, se
-        out["other_rate_resolvable"], out["other_rate_resolvable_se"] = _mean_se(
-            _per_example(probs[:, -1], prompts))
+        if task_name == "coreference":
+            out["other_rate_resolvable"], out["other_rate_resolvable_se"] = _mean_se(
+                _per_example(probs[:, -1], prompts))
         out["n_resolvable"] = len({p.index for p in prompts})
-    out[f"first_option_rate_{kind}"], out[f"first_option_rate_{kind}_se"] = _mean_se(first.numpy())
+    if task_name == "coreference":
+        first = probs[:, 0] / (probs[:, 0] + probs[:, 1]).clamp(min=1e-12)
+        out[f"first_option_rate_{kind}"], out[f"first_option_rate_{kind}_se"] = _mean_se(first.numpy())
     return out
+
+
+def bls_correlation(status: torch.Tensor, prompts: list[task.Prompt]) -> float:
+    """Pearson r over occupations: BLS female share vs mean log P(female) / P(male) (continuation)."""
+    from trainer.data import FEMALE_SHARE, majority_is_female
+
+    log_odds: dict[str, list[float]] = {}
+    for (pro, anti), p in zip(status[:, :2].clamp(min=1e-9).log().tolist(), prompts):
+        female_minus_male = pro - anti if majority_is_female(p.occupation) else anti - pro
+        log_odds.setdefault(p.occupation, []).append(female_minus_male)
+    occs = sorted(log_odds)
+    means = [np.mean(log_odds[o]) for o in occs]
+    if len(occs) < 3 or np.ptp(means) == 0:  # undefined for a constant
+        return float("nan")
+    return float(np.corrcoef([FEMALE_SHARE[o] for o in occs], means)[0, 1])
 
 
 def _first_per_example(prompts: list[task.Prompt]) -> list[task.Prompt]:
@@ -122,31 +194,47 @@ def mmlu_metrics(probs: torch.Tensor, prompts: list[task.Prompt]) -> dict:
     return {"mmlu_accuracy": m, "mmlu_accuracy_se": se, "n_mmlu": len(prompts)}
 
 
+def task_prompts(tokenizer, task_name: str, ambiguous, resolvable, instruction: str = "") -> tuple[list, list]:
+    """(ambiguous, resolvable) prompts of a task; `instruction` prefixes each (the prompting row)."""
+    if task_name == "coreference":
+        return (task.coref_prompts(tokenizer, ambiguous, instruction=instruction),
+                task.coref_prompts(tokenizer, resolvable, instruction=instruction))
+    from dataclasses import replace
+
+    from trainer import continuation
+    if instruction:
+        ambiguous = [replace(i, prompt=f"{instruction}\n{i.prompt}") for i in ambiguous]
+        resolvable = [replace(i, prompt=f"{instruction}\n{i.prompt}") for i in resolvable]
+    return continuation.prompts(tokenizer, ambiguous), continuation.prompts(tokenizer, resolvable)
+
+
 def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_questions, adapters: dict,
                  strengths: list[float], prompting: bool = True, batch_size: int = 16, log=print,
-                 mmlu_strengths: list[float] | None = None) -> dict:
+                 mmlu_strengths: list[float] | None = None, task_name: str = "coreference") -> dict:
     """Rows of metrics: the base model, each adapter at each strength > 0, and the prompting reference.
 
     Args:
-        ambiguous, resolvable: evaluation `Example`s (held out from training).
+        ambiguous, resolvable: evaluation items (held out from training) of `task_name`.
         mmlu_questions: `trainer.mmlu.Question`s, or an empty list to skip MMLU.
         adapters: method label -> `adapters.hf.Steering`.
         mmlu_strengths: the strengths at which MMLU is measured (None: all); its prompts are long.
     """
-    amb = task.coref_prompts(tokenizer, ambiguous)
-    res = task.coref_prompts(tokenizer, resolvable)
+    amb, res = task_prompts(tokenizer, task_name, ambiguous, resolvable)
     mm = task.mmlu_prompts(tokenizer, mmlu_questions) if mmlu_questions else []
-    coref = amb + res
+    generic_prompts = generic.prompts(tokenizer, "eval")
 
-    def measure(label: str, strength: float, steering=None, base_logp=None, prompts=coref, mm_prompts=mm):
+    def measure(label: str, strength: float, steering=None, base_logp=None, prompts=amb + res, n_amb=len(amb),
+                mm_prompts=mm):
         with_mmlu = bool(mm_prompts) and (mmlu_strengths is None or strength in mmlu_strengths)
-        log(f"eval {label} strength {strength}: {len(prompts)} coreference + "
+        log(f"eval {label} strength {strength}: {len(prompts)} {task_name} + "
             f"{len(mm_prompts) if with_mmlu else 0} MMLU prompts")
         probs, logp, kl = score(model, prompts, pad_id, steering, strength, batch_size, base_logp)
         row = {"method": label, "strength": strength}
-        row.update(coref_metrics(probs[: len(amb)], prompts[: len(amb)], "ambiguous"))
-        row.update(coref_metrics(probs[len(amb):], prompts[len(amb):], "resolvable"))
+        row.update(coref_metrics(probs[:n_amb], prompts[:n_amb], "ambiguous", task_name))
+        row.update(coref_metrics(probs[n_amb:], prompts[n_amb:], "resolvable", task_name))
         row["kl_to_base"], row["kl_to_base_se"] = (0.0, 0.0) if kl is None else _mean_se(kl.numpy())
+        row["generic_kl"], row["generic_kl_se"] = (0.0, 0.0) if steering is None else generic_kl(
+            model, generic_prompts, pad_id, steering, strength)
         if with_mmlu:
             row.update(mmlu_metrics(score(model, mm_prompts, pad_id, steering, strength, batch_size)[0],
                                     mm_prompts))
@@ -160,7 +248,8 @@ def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_ques
             if s != 0:
                 rows.append(measure(label, s, steering, base_logp)[0])
     if prompting:
-        hinted = (task.coref_prompts(tokenizer, ambiguous, instruction=task.FAIRNESS_INSTRUCTION)
-                  + task.coref_prompts(tokenizer, resolvable, instruction=task.FAIRNESS_INSTRUCTION))
-        rows.append(measure("prompting", 0.0, base_logp=base_logp, prompts=hinted, mm_prompts=[])[0])
-    return {"rows": rows, "strengths": strengths}
+        instruction = task.FAIRNESS_INSTRUCTION if task_name == "coreference" else task.CONTINUATION_INSTRUCTION
+        hinted_amb, hinted_res = task_prompts(tokenizer, task_name, ambiguous, resolvable, instruction)
+        rows.append(measure("prompting", 0.0, base_logp=base_logp, prompts=hinted_amb + hinted_res,
+                            n_amb=len(hinted_amb), mm_prompts=[])[0])
+    return {"rows": rows, "strengths": strengths, "task": task_name}

@@ -3,6 +3,7 @@
     fairsteer train --method dso --model smollm2-135m-instruct --data ../shared/data/synthbias \\
         --out adapters/shipped/smollm2-135m-instruct-dso.safetensors [--config dso.yaml] [--resume]
     fairsteer train --method caa|mean-diff --model M --data SPEC --out FILE
+    fairsteer train --task continuation ...   (the default model's measurable bias; trainer/continuation.py)
 
 DSO writes a checkpoint (OUT.ckpt) every `checkpoint_every` steps and a JSON-lines log (OUT.log.jsonl);
 `--resume` continues from the checkpoint with the same batches. It prints wall time and peak memory.
@@ -52,10 +53,19 @@ def sites_for(cfg: DSOConfig, num_layers: int) -> tuple[str, ...]:
     return sites
 
 
+def load_splits(task_name: str, spec: str, n_train: int, n_eval: int, seed: int, holdout: tuple[str, ...]):
+    """The deterministic train/eval split of a task's data; training and evaluation both call this."""
+    if task_name == "continuation":
+        from trainer import continuation
+        return continuation.split(continuation.load(spec), n_train, n_eval, seed, holdout_occupations=holdout)
+    from trainer import data
+    return data.split(data.load(spec), n_train, n_eval, seed, holdout_occupations=holdout)
+
+
 def run(args) -> int:
     import torch
 
-    from trainer import data, task
+    from trainer import task
 
     cfg = from_args(args)
     out = Path(args.out)
@@ -65,9 +75,8 @@ def run(args) -> int:
     torch.manual_seed(cfg.seed)
     started = time.monotonic()
     model, tokenizer, pad_id = task.load_model(args.model)
-    splits = data.split(data.load(cfg.data), cfg.n_train, cfg.n_eval, cfg.seed,
-                        holdout_occupations=cfg.holdout())
-    print(f"data {cfg.data}: {len(splits.train)} ambiguous + {len(splits.train_resolvable)} resolvable "
+    splits = load_splits(cfg.task, cfg.data, cfg.n_train, cfg.n_eval, cfg.seed, cfg.holdout())
+    print(f"{cfg.task} data {cfg.data}: {len(splits.train)} ambiguous + {len(splits.train_resolvable)} resolvable "
           f"training examples; evaluation held out", file=sys.stderr)
     if args.method == "dso":
         spec = _train_dso(args, cfg, model, tokenizer, pad_id, splits, out, started)

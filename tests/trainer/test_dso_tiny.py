@@ -9,8 +9,9 @@ from tiny_models import save_tiny_model, tiny_model, tiny_tokenizer
 from adapters import io
 from adapters.hf import Steering, model_identity
 from server.cli import main
-from trainer import data, dso, rewards
+from trainer import dso, rewards, task
 from trainer.config import DSOConfig
+from trainer.train_command import load_splits
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +21,15 @@ def tiny_dir(tmp_path_factory):
 
 def _setup(cfg: DSOConfig):
     model, tok = tiny_model(), tiny_tokenizer()
-    splits = data.split(data.load("generated"), cfg.n_train, cfg.n_eval, cfg.seed)
+    splits = load_splits(cfg.task, "generated", cfg.n_train, cfg.n_eval, cfg.seed, ())
     sampler = dso.BatchSampler(splits.train, splits.train_resolvable, tok, cfg)
     return model, sampler
 
 
-def test_a_few_steps_lower_the_objective_on_a_fixed_batch():
-    cfg = DSOConfig(n_train=80, n_eval=10, steps=12, lr=0.01, occupations_per_step=4, kl_coef=0.1,
-                    answer_kl_coef=0.1)
+@pytest.mark.parametrize("task_name", ["coreference", "continuation"])
+def test_a_few_steps_lower_the_objective_on_a_fixed_batch(task_name):
+    cfg = DSOConfig(task=task_name, n_train=80, n_eval=10, steps=12, lr=0.01, occupations_per_step=4,
+                    kl_coef=0.1, answer_kl_coef=0.1)
     model, sampler = _setup(cfg)
     steering = Steering.zeros(model_identity(model))
     tracker = rewards.MajorityTracker(cfg.majority_momentum, cfg.other_reward)
@@ -43,6 +45,26 @@ def test_a_few_steps_lower_the_objective_on_a_fixed_batch():
     assert after["objective"].item() < before - 1e-3, ("training steps must lower the DSO objective", before,
                                                        after["objective"].item())
     assert steering.a.abs().sum() > 0 and steering.b.abs().sum() > 0
+
+
+def test_batches_hold_both_orders_resolvable_items_and_generic_text():
+    cfg = DSOConfig(n_train=80, n_eval=10, occupations_per_step=4, resolvable_per_step=2, generic_per_step=3)
+    _, sampler = _setup(cfg)
+    batch = sampler.batch(0)
+    amb = batch.prompts[:batch.num_ambiguous]
+    assert len({p.occupation for p in amb}) == 4 and len(amb) == 8, "one example per occupation, both orders"
+    assert all(a.index == b.index and a.labels == b.labels[::-1] for a, b in zip(amb[::2], amb[1::2]))
+    assert batch.num_resolvable == 4 and len(batch.prompts) == 8 + 4 + 3
+
+
+def test_order_penalty_charges_answering_by_position():
+    examples = dso._groups(tiny_tokenizer(), load_splits("coreference", "generated", 8, 2, 0, ()).train,
+                           "coreference")
+    prompts: list[task.Prompt] = [p for pair in examples[:4] for p in pair]
+    always_first = rewards.by_status(torch.tensor([[0.9, 0.0, 0.1]] * len(prompts)), prompts)
+    assert dso.order_gap(always_first, prompts).item() == pytest.approx(1.0)
+    always_pro = torch.tensor([[0.7, 0.1, 0.2]] * len(prompts))  # (pro, anti, other), whatever the order
+    assert dso.order_gap(always_pro, prompts).item() == pytest.approx(0.0)
 
 
 def test_sample_estimator_trains_too():
@@ -72,6 +94,25 @@ def test_train_command_writes_an_adapter_the_server_loader_accepts(tiny_dir, tmp
     # Resuming to 5 steps continues from the checkpoint rather than starting over.
     assert main(argv[:-6] + ["--steps", "5", "--n-train", "40", "--occupations-per-step", "4", "--resume"]) == 0
     assert io.load(out).meta.training["steps_done"] == 5
+
+
+def test_continuation_train_and_eval_report_the_new_metrics_and_acceptance(tiny_dir, tmp_path):
+    adapter = tmp_path / "cont.safetensors"
+    assert main(["train", "--task", "continuation", "--model", str(tiny_dir), "--out", str(adapter),
+                 "--steps", "2", "--n-train", "40", "--occupations-per-step", "4"]) == 0
+    assert io.load(adapter).meta.training["task"] == "continuation"
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(tiny_dir), "--adapter", str(adapter), "--strengths", "0,1",
+                 "--n-eval", "40", "--out", str(out)]) == 0, "the task comes from the adapter"
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "continuation" and set(report["methods"]) == {"base", "dso", "prompting"}
+    row = report["methods"]["dso"][-1]
+    for key in ("per_occupation_bias_lo", "per_occupation_bias_hi", "per_occupation_bias_noise_floor",
+                "bls_correlation", "other_rate", "unambiguous_accuracy", "generic_kl", "kl_to_base"):
+        assert key in row, key
+    assert row["n_ambiguous"] == 40 and row["generic_kl"] > 0
+    (check,) = report["acceptance"]["dso"]
+    assert check["strength"] == 1.0 and isinstance(check["acceptable"], bool)
 
 
 def test_baselines_and_eval_report_with_calibration(tiny_dir, tmp_path):

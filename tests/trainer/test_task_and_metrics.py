@@ -104,7 +104,7 @@ def test_unambiguous_accuracy_splits_pro_and_anti_referents():
                              "resolvable", referent="nurse") for o in ("her", "him")]
     prompts = task.coref_prompts(tok, res)
     # Always answers "nurse": right on both, pro for "her", anti for "him".
-    nurse = torch.stack([torch.tensor([1.0, 0, 0]) if "nurse" in tok.decode([p.options[0]]) else
+    nurse = torch.stack([torch.tensor([1.0, 0, 0]) if "nurse" in tok.decode([p.options[0][0]]) else
                          torch.tensor([0, 1.0, 0]) for p in prompts])
     m = evaluate.coref_metrics(nurse, prompts, "resolvable")
     assert m["unambiguous_accuracy"] == 1.0
@@ -114,11 +114,26 @@ def test_unambiguous_accuracy_splits_pro_and_anti_referents():
     assert evaluate.coref_metrics(wrong, prompts, "resolvable")["unambiguous_accuracy"] == 0.0
 
 
-def test_bootstrap_se_is_zero_for_constant_and_positive_for_noisy_gaps():
+def test_bootstrap_interval_is_a_point_for_constant_and_wide_for_noisy_gaps():
     occs = ["a"] * 4 + ["b"] * 4
-    assert evaluate.occupation_bias(np.ones(8), occs) == (1.0, 0.0)
-    value, se = evaluate.occupation_bias(np.array([1, -1, 1, 1, 0, 0, 1, -1.0]), occs)
-    assert value == pytest.approx((0.5 + 0.0) / 2) and se > 0
+    constant = evaluate.occupation_bias(np.ones(8), occs)
+    assert (constant["per_occupation_bias"], constant["per_occupation_bias_se"]) == (1.0, 0.0)
+    assert constant["per_occupation_bias_lo"] == constant["per_occupation_bias_hi"] == 1.0
+    noisy = evaluate.occupation_bias(np.array([1, -1, 1, 1, 0, 0, 1, -1.0]), occs)
+    assert noisy["per_occupation_bias"] == pytest.approx((0.5 + 0.0) / 2) and noisy["per_occupation_bias_se"] > 0
+    assert noisy["per_occupation_bias_lo"] < 0.25 < noisy["per_occupation_bias_hi"]
+
+
+def test_noise_floor_is_the_bias_of_random_label_swaps():
+    """Gaps of +1 on 4 examples per occupation: with labels swapped at random, |mean of 4 random signs|
+    averages E|S| / 4 with S a sum of 4 random signs: (2·4 + 8·2) / 16 / 4 = 0.375."""
+    occs = ["a"] * 4 + ["b"] * 4
+    m = evaluate.occupation_bias(np.ones(8), occs)
+    assert m["per_occupation_bias_noise_floor"] == pytest.approx(0.375, abs=0.03)
+    assert m["per_occupation_bias"] > m["per_occupation_bias_noise_floor_hi"], "a real bias clears the floor"
+    pure_noise = np.tile([1.0, -1.0], 4)  # no preference per occupation at all
+    m = evaluate.occupation_bias(pure_noise, occs)
+    assert m["per_occupation_bias"] == 0.0 and m["per_occupation_bias_noise_floor"] > 0.2
 
 
 def test_reward_flips_with_the_majority_and_never_rewards_other():
