@@ -11,7 +11,6 @@ from typing import Any
 
 from server.cli import UsageError
 
-
 TASKS = ("coreference", "continuation")
 
 

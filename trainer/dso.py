@@ -90,7 +90,7 @@ def order_gap(status: torch.Tensor, prompts: list[task.Prompt]) -> torch.Tensor:
     """Mean over examples asked in two orders of |P(pro | order 1) − P(pro | order 2)|, each renormalised
     to the two answers; `status` (B, 3) as (pro, anti, other), the two orders of an example adjacent."""
     pro = status[:, 0] / (status[:, 0] + status[:, 1]).clamp(min=1e-12)
-    pairs = [i for i in range(0, len(prompts) - 1) if prompts[i].index == prompts[i + 1].index]
+    pairs = [i for i in range(len(prompts) - 1) if prompts[i].index == prompts[i + 1].index]
     if not pairs:
         return torch.zeros(())
     idx = torch.tensor(pairs)

@@ -223,8 +223,9 @@ def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_ques
     mm = task.mmlu_prompts(tokenizer, mmlu_questions) if mmlu_questions else []
     generic_prompts = generic.prompts(tokenizer, "eval")
 
-    def measure(label: str, strength: float, steering=None, base_logp=None, prompts=amb + res, n_amb=len(amb),
+    def measure(label: str, strength: float, steering=None, base_logp=None, prompts=None, n_amb=None,
                 mm_prompts=mm):
+        prompts, n_amb = (amb + res, len(amb)) if prompts is None else (prompts, n_amb)
         with_mmlu = bool(mm_prompts) and (mmlu_strengths is None or strength in mmlu_strengths)
         log(f"eval {label} strength {strength}: {len(prompts)} {task_name} + "
             f"{len(mm_prompts) if with_mmlu else 0} MMLU prompts")
