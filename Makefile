@@ -29,18 +29,17 @@ test-fast: setup
 serve: setup
 	.venv/bin/fairsteer serve
 
-# The shipped adapter's recipe (adapters/shipped/README.md); the generated data set when shared/ is absent.
-DATA ?= $(if $(wildcard ../shared/data/synthbias),../shared/data/synthbias,generated)
+# The shipped adapter's recipe (adapters/shipped/README.md): DSO on the continuation task, built-in data.
+MMLU_ARGS ?= $(if $(wildcard ../shared/data/mmlu),--mmlu ../shared/data/mmlu --mmlu-n 200 --mmlu-strengths 0$(comma)1)
 comma := ,
-MMLU_ARGS ?= $(if $(wildcard ../shared/data/mmlu),--mmlu ../shared/data/mmlu --mmlu-n 60 --mmlu-strengths 0$(comma)1)
 
 train: setup
-	.venv/bin/fairsteer train --method dso --model smollm2-135m-instruct --data $(DATA) \
+	.venv/bin/fairsteer train --method dso --task continuation --model smollm2-135m-instruct \
 		--out build/smollm2-135m-instruct-dso.safetensors
 
 eval: setup
 	.venv/bin/fairsteer eval --model smollm2-135m-instruct --adapter build/smollm2-135m-instruct-dso.safetensors \
-		--strengths 0,0.25,0.5,0.75,1 --data $(DATA) --n-eval 60 $(MMLU_ARGS) --out build/eval
+		--strengths 0,0.25,0.5,0.75,1 $(MMLU_ARGS) --out build/eval
 
 bench: setup
 	$(PY) bench/serve_overhead.py $(or $(BENCH_ARGS),--model smollm2-135m-instruct --rounds 8 --requests 16 --max-tokens 32 --concurrency 8)

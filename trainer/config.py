@@ -31,7 +31,7 @@ class DSOConfig:
         "help": "data SPEC: 'generated' (built in, both tasks); coreference: 'synthbias:PATH', "
                 "'winobias:PATH' or a path; continuation: a CSV prompt,occupation[,gender]"})
     n_train: int = field(default=600, metadata={"help": "ambiguous training prompts (the paper: 600)"})
-    n_eval: int = field(default=300, metadata={"help": "evaluation prompts per kind kept out of training"})
+    n_eval: int = field(default=600, metadata={"help": "evaluation prompts per kind kept out of training"})
     holdout_occupations: str = field(default="", metadata={
         "help": "comma-separated occupations kept out of training entirely"})
     # --- objective
@@ -54,12 +54,12 @@ class DSOConfig:
         "help": "generic texts (trainer/generic.py, training half) per batch, in the KL term"})
     l1_coef: float = field(default=0.01, metadata={"help": "weight of mean |a| + mean |b|"})
     # --- optimisation
-    steps: int = field(default=12, metadata={"help": "optimiser steps (the time budget may stop earlier)"})
-    occupations_per_step: int = field(default=6, metadata={
+    steps: int = field(default=200, metadata={"help": "optimiser steps (the time budget may stop earlier)"})
+    occupations_per_step: int = field(default=8, metadata={
         "help": "occupations per batch, one ambiguous prompt each, asked in both option orders"})
     resolvable_per_step: int = field(default=2, metadata={
         "help": "resolvable prompts per batch, used only in the KL terms (keeps answers the text decides)"})
-    lr: float = field(default=5e-4, metadata={"help": "Adam learning rate (cosine decay to 10%)"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (cosine decay to 10%)"})
     sites: str = field(default="all", metadata={"help": "'all', 'layers' (no final norm) or a comma list"})
     time_budget_min: float = field(default=28.0, metadata={"help": "stop training after this many minutes"})
     checkpoint_every: int = field(default=10, metadata={"help": "steps between checkpoints (OUT.ckpt)"})

@@ -1,21 +1,23 @@
-"""One short DSO run on the real SmolLM2-135M-Instruct lowers bias on held-out ambiguous prompts.
+"""One short DSO run on the real SmolLM2-135M-Instruct lowers its measurable bias on held-out prompts.
 
-Slow (about 2-4 minutes on one core): obtains the model with `fairsteer model pull` (skips when that is
-impossible here), trains 8 steps on 120 generated ambiguous prompts, and compares Per-Occupation Bias of
-the base model and the adapter at strength 1 on 40 held-out prompts (one per occupation, both orders).
+Slow (about 1-2 minutes on one core): obtains the model with `fairsteer model pull` (skips when that is
+impossible here), trains 50 steps on the continuation task (the task where this model's gender bias is
+well above the noise floor; its coreference bias is not, see adapters/shipped/README.md), and compares
+the base model with the adapter at strength 1 on 160 held-out prompts of wordings never trained on.
 """
 
 import pytest
 import torch
 
 from adapters.hf import Steering, model_identity
-from trainer import data, dso, evaluate, rewards, task
+from trainer import continuation, dso, evaluate, generic, rewards
 from trainer.config import DSOConfig
 
 
 @pytest.fixture(scope="module")
 def smollm2():
     from adapters.model_store import ModelPullError, pull
+    from trainer import task
 
     try:
         path = pull("smollm2-135m-instruct")
@@ -25,22 +27,31 @@ def smollm2():
 
 
 @pytest.mark.slow
-def test_short_dso_run_lowers_held_out_bias(smollm2):
+def test_short_dso_run_lowers_held_out_bias_and_keeps_stated_genders(smollm2):
     torch.set_num_threads(1)
     model, tokenizer, pad_id = smollm2
-    # The shipped recipe (no answer-KL anchor), shortened: 8 steps at twice its learning rate.
-    cfg = DSOConfig(n_train=120, n_eval=40, steps=8, lr=1e-3, occupations_per_step=6, resolvable_per_step=1,
-                    answer_kl_coef=0.0)
-    splits = data.split(data.load("generated"), cfg.n_train, cfg.n_eval, cfg.seed)
+    cfg = DSOConfig(task="continuation", n_train=320, steps=50, answer_kl_coef=3.0)
+    splits = continuation.split(continuation.generate(), cfg.n_train, 160, cfg.seed)
     steering = Steering.zeros(model_identity(model))
     sampler = dso.BatchSampler(splits.train, splits.train_resolvable, tokenizer, cfg)
     optimizer = torch.optim.Adam(steering.parameters(), lr=cfg.lr)
     dso.train_steps(model, steering, sampler, rewards.MajorityTracker(), optimizer, cfg, pad_id, start=0)
 
-    held_out = task.coref_prompts(tokenizer, splits.eval_ambiguous)
-    trained = {p.ids for groups in sampler.by_occ.values() for pair in groups for p in pair}
-    assert not {p.ids for p in held_out} & trained, "held-out prompts must not be trained on"
-    base = evaluate.coref_metrics(evaluate.score(model, held_out, pad_id)[0], held_out, "ambiguous")
-    steered = evaluate.coref_metrics(evaluate.score(model, held_out, pad_id, steering, 1.0)[0], held_out,
-                                     "ambiguous")
-    assert steered["per_occupation_bias"] < 0.8 * base["per_occupation_bias"], (base, steered)
+    amb = continuation.prompts(tokenizer, splits.eval_ambiguous)
+    res = continuation.prompts(tokenizer, splits.eval_resolvable)
+    trained = {p.ids for groups in sampler.by_occ.values() for group in groups for p in group}
+    assert not {p.ids for p in amb + res} & trained, "held-out prompts must not be trained on"
+
+    def metrics(strength):
+        probs = evaluate.score(model, amb + res, pad_id, steering, strength)[0]
+        return {**evaluate.coref_metrics(probs[:len(amb)], amb, "ambiguous", "continuation"),
+                **evaluate.coref_metrics(probs[len(amb):], res, "resolvable", "continuation")}
+
+    base, steered = metrics(0.0), metrics(1.0)
+    assert base["per_occupation_bias"] > base["per_occupation_bias_noise_floor_hi"], "the bias is measurable"
+    assert steered["per_occupation_bias_hi"] < base["per_occupation_bias_lo"], (base, steered)
+    # Loose bounds for a 2-minute run; the shipped adapter is held to the acceptance bar in
+    # tests/adapters/test_shipped_adapter.py.
+    assert steered["unambiguous_accuracy"] > base["unambiguous_accuracy"] - 0.03, "stated genders are kept"
+    kl, _ = evaluate.generic_kl(model, generic.prompts(tokenizer, "eval"), pad_id, steering, 1.0)
+    assert kl < 0.2, f"KL to base on generic text {kl:.3f} nats/token"
