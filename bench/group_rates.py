@@ -22,12 +22,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from server.launch import ServerProcess, fairsteer_argv, free_port
+from trainer import continuation
 
-from server.launch import ServerProcess, fairsteer_argv, free_port  # noqa: E402
-from trainer import continuation  # noqa: E402
-
-MALE, FEMALE = set(w.lower() for w in continuation.MALE_WORDS), set(w.lower() for w in continuation.FEMALE_WORDS)
+MALE, FEMALE = {w.lower() for w in continuation.MALE_WORDS}, {w.lower() for w in continuation.FEMALE_WORDS}
 WORD = re.compile(r"[A-Za-z]+")
 
 

@@ -53,6 +53,11 @@ class AdminSettings:
     max_adapters: int = 8
 
 
+def slot_capacity(max_adapters: int) -> int:
+    """Engine slots for `max_adapters` adapters: each may have one old version still draining."""
+    return 2 * max_adapters
+
+
 def versioned(name: str, version: str) -> str:
     return f"{name}@{version}"
 
@@ -62,7 +67,7 @@ class AdapterManager:
 
     def __init__(self, app: FastAPI, engine_client, identity: ModelIdentity, settings: AdminSettings):
         self.app, self.engine, self.identity, self.settings = app, engine_client, identity, settings
-        self.capacity = 2 * settings.max_adapters  # each adapter may have one old version draining
+        self.capacity = slot_capacity(settings.max_adapters)
         self.slots: list[str] = []                 # slot k (1-based) holds slots[k-1], FREE when empty
         self.pins: dict[str, str] = {}             # adapter name -> its live versioned name
         self.in_flight: Counter[str] = Counter()   # versioned name -> requests not yet answered

@@ -68,3 +68,18 @@ def save_tiny_model(directory: str | Path, arch: str = "LlamaForCausalLM", seed:
     tiny_model(arch, seed, **config_kwargs).save_pretrained(directory)
     tiny_tokenizer().save_pretrained(directory)
     return directory
+
+
+ENGINE_PROMPTS = ["The doctor called the nurse because", "Hello world!", "The quick brown fox jumps over",
+                  "The mechanic helped the baker", "The capital of France is"]
+
+
+def greedy(llm, requests: list[tuple[str, dict | None, int]]) -> list[list[int]]:
+    """Token ids of greedy completions of a vLLM `LLM` for (prompt, extra_args, max_tokens), one batch,
+    prefix-cache salted per steering setting."""
+    from vllm import SamplingParams
+
+    prompts = [{"prompt": p, "cache_salt": repr(extra)} for p, extra, _ in requests]
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, extra_args=extra)
+              for _, extra, n in requests]
+    return [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]

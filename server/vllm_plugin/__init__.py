@@ -106,13 +106,16 @@ def _model_config(model: str):
                                  f"against it ({exc})") from None
 
 
-def engine_kwargs(model: str, adapters: dict[str, str]) -> dict:
+def engine_kwargs(model: str, adapters: dict[str, str], slot_capacity: int = 0) -> dict:
     """Validate `adapters` against `model` and return the vLLM engine arguments that enable steering.
 
     Args:
         model: the model folder or name, as given to vLLM.
         adapters: adapter name -> file. Order fixes the adapter indices (1, 2, ...). May be empty: the
             processor is still installed, so any steering request is refused rather than ignored.
+        slot_capacity: for adapters at run time (`server.vllm_plugin.reload`): every site gets this many
+            adapter rows when the model is built, before any graph is compiled or captured, so loading
+            later only writes rows in place. 0: only the sites and rows of `adapters`.
 
     Returns:
         {"hf_overrides": ..., "logits_processors": [...]} to merge into the engine arguments. Also
@@ -142,6 +145,10 @@ def engine_kwargs(model: str, adapters: dict[str, str]) -> dict:
         check_plugin_active(steered)
         kwargs["hf_overrides"] = {"architectures": [steered], "fairsteer_adapters": json.dumps(table),
                                   "fairsteer_base_architecture": identity.architecture}
+        if slot_capacity:
+            if slot_capacity < len(table):
+                raise AdapterFormatError(f"slot capacity {slot_capacity} is below the {len(table)} adapters given")
+            kwargs["hf_overrides"]["fairsteer_slot_capacity"] = slot_capacity
     elif table:
         raise AdapterFormatError(f"fairsteer cannot steer {identity.architecture} models in vLLM "
                                  f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)}); serve without adapters")

@@ -28,13 +28,15 @@ from vllm.model_executor.models.utils import PPMissingLayer
 
 import server.vllm_plugin.ops  # noqa: F401  (registers torch.ops.fairsteer.*)
 from adapters import io
-from adapters.sites import module_path
+from adapters.sites import all_sites, module_path
 from adapters.spec import AdapterFormatError, ModelIdentity
 from server.vllm_plugin.processor import PROCESSOR_FQCN
 from server.vllm_plugin.state import STATE
 
 ADAPTERS_KEY = "fairsteer_adapters"  # hf_config attribute: JSON [[name, path], ...]; index = position + 1
 BASE_ARCH_KEY = "fairsteer_base_architecture"
+CAPACITY_KEY = "fairsteer_slot_capacity"  # hf_config attribute: adapter rows at every site (run-time loading)
+FREE = ""  # the name of an empty adapter row: no request can ask for it
 
 
 class _SteeredNorm:
@@ -101,12 +103,17 @@ def install_steering(model: nn.Module, vllm_config) -> None:
     STATE.allocate(scheduler.max_num_seqs, scheduler.max_num_batched_tokens, device)
     STATE.adapter_names = tuple(name for name, _ in table)
 
-    sites = sorted({site for spec in specs for site in spec.sites})
+    capacity = getattr(hf_config, CAPACITY_KEY, 0)
+    if capacity:  # run-time loading: every site, all rows now, so later loads only write in place
+        sites = list(all_sites(identity.num_layers))
+        STATE.adapter_names += (FREE,) * (capacity - len(specs))
+    else:
+        sites = sorted({site for spec in specs for site in spec.sites})
     for site in sites:
         norm = model.get_submodule(module_path(base_arch, site))
         if isinstance(norm, PPMissingLayer):
             continue  # another pipeline stage holds this layer
-        a = torch.zeros(len(specs), identity.hidden_size, dtype=torch.float32, device=device)  # (K, D)
+        a = torch.zeros(max(capacity, len(specs)), identity.hidden_size, dtype=torch.float32, device=device)  # (K, D)
         b = torch.zeros_like(a)
         for k, spec in enumerate(specs):
             if site in spec.sites:

@@ -156,8 +156,9 @@ def _serve_args(**overrides):
 @pytest.mark.parametrize(("overrides", "options", "words"), [
     ({"adapter_dir": ["."]}, ["--enforce-eager"], "needs an admin key"),
     ({"adapter_dir": ["/no/such/dir"], "admin_key": ADMIN_KEY}, ["--enforce-eager"], "not a directory"),
-    ({"adapter_dir": ["."], "admin_key": ADMIN_KEY}, [], "eager mode"),
     ({"adapter_dir": ["."], "admin_key": ADMIN_KEY, "max_adapters": 0}, ["--enforce-eager"], "between 1 and 64"),
+    ({"adapter_dir": ["."], "admin_key": ADMIN_KEY}, ["--api-server-count", "2"], "one API server process"),
+    ({"adapter_dir": ["."], "admin_key": ADMIN_KEY}, ["--api-server-count=4"], "one API server process"),
     ({"drain_timeout": -1}, [], "--drain-timeout"),
     ({"api_key": "short"}, [], "at least 8"),
 ])

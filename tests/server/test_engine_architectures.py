@@ -8,26 +8,16 @@ Qwen2 shares Qwen3's decoder code in vLLM (Qwen3Model subclasses Qwen2Model) and
 """
 
 import pytest
-from tiny_models import save_tiny_model
+from tiny_models import ENGINE_PROMPTS as PROMPTS
+from tiny_models import greedy, save_tiny_model
 from transformers import AutoConfig
-from vllm import LLM, SamplingParams
+from vllm import LLM
 
 from adapters import io
 from adapters.spec import ModelIdentity, random_spec
 from server.vllm_plugin import ADAPTER_KEY, STRENGTH_KEY, engine_kwargs
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-
-PROMPTS = ["The doctor called the nurse because", "Hello world!", "The quick brown fox jumps over",
-           "The mechanic helped the baker", "The capital of France is"]
-
-
-def greedy(llm: LLM, requests: list[tuple[str, dict | None, int]]) -> list[list[int]]:
-    """Token ids of greedy completions for (prompt, extra_args, max_tokens), one batch, salted per setting."""
-    prompts = [{"prompt": p, "cache_salt": repr(extra)} for p, extra, _ in requests]
-    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, extra_args=extra)
-              for _, extra, n in requests]
-    return [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
 
 
 def random_adapter(model_dir, out_dir) -> str:
