@@ -104,6 +104,7 @@ def run(args) -> int:
             io.save(replace(spec, meta=replace(spec.meta, calibration=table)), file)
             print(f"calibration of {len(table)} strengths written into {file} (version {spec.version})")
     _print_summary(report.group(result["rows"]))
+    _print_acceptance(report.group(result["rows"]))
     print(f"wrote {path} and {path.parent / 'tradeoff.png'} in {header['eval_minutes']} min, "
           f"peak memory {header['peak_rss_mb']} MB")
     return 0
@@ -160,6 +161,16 @@ def _warn_split(spec, args) -> None:
         if key in trained and trained[key] != given:
             print(f"warning: adapter {spec.name!r} was trained with {key}={trained[key]!r}, evaluating with "
                   f"{given!r}: evaluation prompts may overlap its training prompts", file=sys.stderr)
+
+
+def _print_acceptance(methods: dict) -> None:
+    from trainer import report
+
+    for label, checks in report.acceptance(methods).items():
+        for c in checks:
+            failed = [k for k, v in c.items() if v is False and k != "acceptable"]
+            verdict = "acceptable" if c["acceptable"] else "NOT acceptable: " + ", ".join(failed)
+            print(f"{label} at ω = {c['strength']:g}: {verdict}")
 
 
 def _print_summary(methods: dict) -> None:
