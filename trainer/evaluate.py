@@ -22,7 +22,8 @@ probabilities:
                           mean log P(female)/P(male)
     kl_to_base            mean over items of KL(P_steered || P_base) at the answer position
     generic_kl            KL(P_steered || P_base) per token of generic text (`trainer.generic`)
-    mmlu_accuracy         argmax over the letters A-D (the usual MMLU protocol), when MMLU is given
+    mmlu_accuracy         argmax over the letters A-D (the usual MMLU protocol), when MMLU is given;
+    mmlu_change           the paired change against the base model on the same questions
 Greedy variants (`*_greedy`: the argmax answer instead of the expectation) are reported for coreference.
 Standard errors (`*_se`): per-example standard deviation / sqrt(n); for per_occupation_bias the standard
 deviation of a stratified bootstrap over examples within occupations.
@@ -189,11 +190,16 @@ def _occupations(prompts: list[task.Prompt]) -> list[str]:
     return [p.occupation for p in _first_per_example(prompts)]
 
 
-def mmlu_metrics(probs: torch.Tensor, prompts: list[task.Prompt]) -> dict:
+def mmlu_metrics(probs: torch.Tensor, prompts: list[task.Prompt], base_hits: np.ndarray | None = None) -> dict:
+    """Accuracy (argmax over A-D); with the base model's per-question hits also the paired change, whose
+    SE is far smaller than the two accuracies' when most answers do not change."""
     correct = torch.tensor([p.correct for p in prompts])
     hits = (probs[:, :4].argmax(-1) == correct).float().numpy()
     m, se = _mean_se(hits)
-    return {"mmlu_accuracy": m, "mmlu_accuracy_se": se, "n_mmlu": len(prompts)}
+    out = {"mmlu_accuracy": m, "mmlu_accuracy_se": se, "n_mmlu": len(prompts), "_mmlu_hits": hits}
+    if base_hits is not None:
+        out["mmlu_change"], out["mmlu_change_se"] = _mean_se(hits - base_hits)
+    return out
 
 
 def task_prompts(tokenizer, task_name: str, ambiguous, resolvable, instruction: str = "") -> tuple[list, list]:
@@ -224,6 +230,7 @@ def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_ques
     amb, res = task_prompts(tokenizer, task_name, ambiguous, resolvable)
     mm = task.mmlu_prompts(tokenizer, mmlu_questions) if mmlu_questions else []
     generic_prompts = generic.prompts(tokenizer, "eval")
+    base_mmlu: dict[str, np.ndarray] = {}  # the base model's per-question hits, for paired changes
 
     def measure(label: str, strength: float, steering=None, base_logp=None, prompts=None, n_amb=None,
                 mm_prompts=mm):
@@ -240,7 +247,10 @@ def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_ques
             model, generic_prompts, pad_id, steering, strength)
         if with_mmlu:
             row.update(mmlu_metrics(score(model, mm_prompts, pad_id, steering, strength, batch_size)[0],
-                                    mm_prompts))
+                                    mm_prompts, base_mmlu.get("hits")))
+            hits = row.pop("_mmlu_hits")
+            if label == "base":
+                base_mmlu["hits"] = hits
         return row, logp
 
     base_row, base_logp = measure("base", 0.0)

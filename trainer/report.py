@@ -45,8 +45,9 @@ def targets(methods: dict[str, list[dict]]) -> dict[str, dict]:
                  "bias_share_of_base": top["per_occupation_bias"] / max(base["per_occupation_bias"], 1e-12),
                  "unambiguous_accuracy_change_points": 100 * (top["unambiguous_accuracy"]
                                                               - base["unambiguous_accuracy"])}
-        if "mmlu_accuracy" in top:
-            entry["mmlu_change_points"] = 100 * (top["mmlu_accuracy"] - base["mmlu_accuracy"])
+        if "mmlu_change" in top:
+            entry["mmlu_change_points"] = 100 * top["mmlu_change"]
+            entry["mmlu_change_points_se"] = 100 * top["mmlu_change_se"]
         out[label] = entry
     return out
 

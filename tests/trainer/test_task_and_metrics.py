@@ -144,3 +144,15 @@ def test_reward_flips_with_the_majority_and_never_rewards_other():
     table = tracker.rewards(["nurse", "driver"], signs)
     assert table.tolist() == [[-1, 1, -1], [1, -1, -1]]
     assert rewards.expected_reward(status, table).tolist() == pytest.approx([-0.6, 0.1 - 0.6 - 0.3])
+
+
+def test_mmlu_change_is_paired_on_the_same_questions():
+    prompts = [task.Prompt((1,), ((5,), (6,), (7,), (8,)), tuple("ABCD"), k % 4, "", k) for k in range(8)]
+    right = torch.nn.functional.one_hot(torch.tensor([p.correct for p in prompts]), 5).float()
+    base = evaluate.mmlu_metrics(right, prompts)
+    assert base["mmlu_accuracy"] == 1.0 and "mmlu_change" not in base
+    one_wrong = right.clone()
+    one_wrong[0] = torch.tensor([0, 1.0, 0, 0, 0])
+    steered = evaluate.mmlu_metrics(one_wrong, prompts, base["_mmlu_hits"])
+    assert steered["mmlu_change"] == pytest.approx(-1 / 8)
+    assert steered["mmlu_change_se"] == pytest.approx(np.std([-1] + [0] * 7, ddof=1) / math.sqrt(8))
