@@ -183,9 +183,9 @@ def test_engine_death_gives_clear_errors_and_unhealthy_server_not_hangs(server, 
     """Last in the module: kills the engine core (a child of the server this module started)."""
     engine_pid = _engine_core_pid(server.proc.pid)
 
-    # 8 streams x 8 choices x 240 tokens keep the tiny engine busy for seconds: enough to die mid-way.
-    streams, choices, tokens = 8, 8, 240
-    received = [0] * streams
+    # 32 streams x 8 choices x 240 tokens keep the tiny engine busy for seconds: enough to die mid-way.
+    streams, choices, tokens = 32, 8, 240
+    received, finished = [0] * streams, [False] * streams
 
     async def long_stream(client, i):
         body = {"model": model, "prompt": "Hi", "max_tokens": tokens, "min_tokens": tokens, "stream": True,
@@ -197,17 +197,23 @@ def test_engine_death_gives_clear_errors_and_unhealthy_server_not_hangs(server, 
                         received[i] += 1
         except httpx.HTTPError:
             pass  # the connection may end abruptly: that is an error, not a hang
+        finally:
+            finished[i] = True
 
     async def kill_while_running(client):
-        """Kill once the engine reports requests running: it has not finished them (chunks reach the
-        client too late to tell)."""
-        while True:
-            metrics = (await client.get(server.url + "/metrics")).text
+        """Kill once the engine is working on the streams: their first chunks arrive or it reports requests
+        running, whichever it shows first (a busy server may answer /metrics late). Gives up if every
+        stream has ended."""
+        while not all(finished):
+            try:
+                metrics = (await asyncio.wait_for(client.get(server.url + "/metrics"), 0.05)).text
+            except TimeoutError:
+                metrics = ""
             running = [line for line in metrics.splitlines() if line.startswith("vllm:num_requests_running")]
-            if running and float(running[0].rsplit(" ", 1)[1]) > 0:
+            if any(received) or (running and float(running[0].rsplit(" ", 1)[1]) > 0):
                 os.kill(engine_pid, signal.SIGKILL)
                 return
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.01)
 
     async def main():
         async with httpx.AsyncClient(headers=api_headers(), timeout=60) as client:
