@@ -53,15 +53,16 @@ def adapter_dir(rel_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def start_server(rel_model, tmp_path_factory):
-    """start_server(adapters, *fairsteer_options) -> a healthy ServerProcess; all are stopped at the end."""
+    """start_server(adapters, *fairsteer_options, engine=vllm_options) -> a healthy ServerProcess; all are
+    stopped at the end."""
     started: list[ServerProcess] = []
 
-    def start(adapters: dict[str, str], *options: str) -> ServerProcess:
+    def start(adapters: dict[str, str], *options: str, engine: tuple[str, ...] = ()) -> ServerProcess:
         port = free_port()
         log = tmp_path_factory.mktemp("rel-logs") / f"server-{port}.log"
         env = {"FAIRSTEER_API_KEY": API_KEY, "FAIRSTEER_ADMIN_KEY": ADMIN_KEY}
         server = ServerProcess(fairsteer_argv(str(rel_model), adapters, port, fairsteer_options=options,
-                                              engine_options=ENGINE), port, log, env=env)
+                                              engine_options=ENGINE + engine), port, log, env=env)
         started.append(server)
         server.start()
         return server.wait_ready()

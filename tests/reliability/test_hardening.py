@@ -28,8 +28,10 @@ FUZZ_EXAMPLES = 25  # per operation and mode: bounded, about a minute in all on 
 
 @pytest.fixture(scope="module")
 def server(start_server, adapter_dir):
+    # At most 4 sequences at once, so the engine-death test can kill the tiny, fast engine mid-way.
     return start_server({"A": str(adapter_dir / "A.safetensors"), "B": str(adapter_dir / "B.safetensors")},
-                        "--max-request-bytes", str(BODY_LIMIT), "--adapter-dir", str(adapter_dir))
+                        "--max-request-bytes", str(BODY_LIMIT), "--adapter-dir", str(adapter_dir),
+                        engine=("--max-num-seqs", "4"))
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +185,8 @@ def test_engine_death_gives_clear_errors_and_unhealthy_server_not_hangs(server, 
     """Last in the module: kills the engine core (a child of the server this module started)."""
     engine_pid = _engine_core_pid(server.proc.pid)
 
-    # 32 streams x 8 choices x 240 tokens keep the tiny engine busy for seconds: enough to die mid-way.
-    streams, choices, tokens = 32, 8, 240
+    # 8 streams x 8 choices x 240 tokens, 4 sequences at a time: 3840 engine steps, a few seconds.
+    streams, choices, tokens = 8, 8, 240
     received, finished = [0] * streams, [False] * streams
 
     async def long_stream(client, i):
@@ -202,15 +204,17 @@ def test_engine_death_gives_clear_errors_and_unhealthy_server_not_hangs(server, 
 
     async def kill_while_running(client):
         """Kill once the engine is working on the streams: their first chunks arrive or it reports requests
-        running, whichever it shows first (a busy server may answer /metrics late). Gives up if every
-        stream has ended."""
+        running, whichever it shows first (a busy server may answer /metrics late and send chunks in
+        bursts), and at the latest 0.2 s after they were sent."""
+        deadline = asyncio.get_running_loop().time() + 0.2
         while not all(finished):
             try:
                 metrics = (await asyncio.wait_for(client.get(server.url + "/metrics"), 0.05)).text
             except TimeoutError:
                 metrics = ""
             running = [line for line in metrics.splitlines() if line.startswith("vllm:num_requests_running")]
-            if any(received) or (running and float(running[0].rsplit(" ", 1)[1]) > 0):
+            busy = running and float(running[0].rsplit(" ", 1)[1]) > 0
+            if any(received) or busy or asyncio.get_running_loop().time() > deadline:
                 os.kill(engine_pid, signal.SIGKILL)
                 return
             await asyncio.sleep(0.01)
