@@ -171,29 +171,34 @@ def test_shutdown_drains_in_flight_requests(server, model):
     streams, choices, tokens = 12, 4, 240  # seconds of engine work: the drain really has work to finish
     body = {"model": model, "prompt": "Hi", "max_tokens": tokens, "min_tokens": tokens, "stream": True,
             "n": choices, "temperature": 1.0, "return_token_ids": True, "fairness_strength": 1.0, "steering": "B"}
-    received = [0] * streams
+    received, admitted, ended = [0] * streams, [False] * streams, [False] * streams
     at_signal: list[list[int]] = []
     late: list = []
 
     async def stream(client, i):
         done = False
-        async with client.stream("POST", "/v1/completions", json=body) as r:
-            async for line in r.aiter_lines():
-                done = done or line == "data: [DONE]"
-                if line.startswith("data: {"):
-                    received[i] += sum(len(c.get("token_ids") or ()) for c in json.loads(line[6:])["choices"])
+        try:
+            async with client.stream("POST", "/v1/completions", json=body) as r:
+                admitted[i] = True
+                async for line in r.aiter_lines():
+                    done = done or line == "data: [DONE]"
+                    if line.startswith("data: {"):
+                        received[i] += sum(len(c.get("token_ids") or ()) for c in json.loads(line[6:])["choices"])
+        finally:
+            ended[i] = True
         return r.status_code, received[i], done
 
     async def stop_while_running(client):
-        """SIGTERM once the engine reports every sequence admitted and unfinished (client-side chunks
-        arrive too late to tell)."""
-        while True:
+        """SIGTERM once every stream is admitted: the server has answered all of them with 200 or the
+        engine reports every sequence running or waiting, whichever it shows first (the gauges can lag
+        a fast engine). Gives up once every stream has ended: the assertions below then say so."""
+        while not all(ended):
             gauges = {}
             for line in (await client.get("/metrics")).text.splitlines():
                 for name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
                     if line.startswith(name + "{"):
                         gauges[name] = float(line.rsplit(" ", 1)[1])
-            if sum(gauges.values()) >= streams * choices:
+            if all(admitted) or sum(gauges.values()) >= streams * choices:
                 at_signal.append(list(received))
                 server.proc.send_signal(signal.SIGTERM)
                 late.append(asyncio.create_task(late_request(client)))
@@ -212,9 +217,10 @@ def test_shutdown_drains_in_flight_requests(server, model):
         async with client_for(server.url, API_KEY, streams + 1) as client:
             results, _ = await asyncio.gather(asyncio.gather(*(stream(client, i) for i in range(streams))),
                                               stop_while_running(client))
-            return results, await late[0]
+            return results, (await late[0]) if late else None
 
     results, late_status = asyncio.run(main())
+    assert at_signal, "every stream ended before the server was seen serving them all"
     assert sum(at_signal[0]) < streams * choices * tokens, "the streams must be mid-way at the signal"
     assert results == [(200, choices * tokens, True)] * streams, f"in-flight streams were cut: {results}"
     assert late_status in (503, "refused"), f"a request during the drain got {late_status}"
