@@ -51,12 +51,14 @@ def group_completions(metrics_text: str) -> dict[str, float]:
     return out
 
 
-async def complete_all(url: str, model: str, items, strength: float, seed: int, concurrency: int = 8):
+async def complete_all(url: str, model: str, items, strength: float, seed: int, concurrency: int = 8,
+                       temperature: float = 1.0, api_key: str | None = None):
     sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(base_url=url, timeout=300, headers=headers) as client:
         async def one(k, item):
             async with sem:
-                body = {"model": model, "prompt": item.prompt, "max_tokens": 16, "temperature": 1.0,
+                body = {"model": model, "prompt": item.prompt, "max_tokens": 16, "temperature": temperature,
                         "seed": seed + k, "fairness_strength": strength}
                 r = await client.post("/v1/completions", json=body)
                 r.raise_for_status()
