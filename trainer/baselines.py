@@ -19,7 +19,7 @@ import sys
 import torch
 
 from adapters.sites import module_path
-from trainer import task
+from trainer import task, tasks
 from trainer.config import DSOConfig
 
 MAX_EXAMPLES = 160  # one option order each: enough for a stable mean, minutes on one CPU core
@@ -53,16 +53,8 @@ def site_activations(model, prompts: list[task.Prompt], pad_id: int, sites: tupl
     return torch.cat(rows)
 
 
-def _prompts(tokenizer, items: list, task_name: str) -> list[task.Prompt]:
-    """One prompt per item (coreference: one option order, alternating)."""
-    if task_name == "continuation":
-        from trainer import continuation
-        return continuation.prompts(tokenizer, items)
-    return task.coref_prompts(tokenizer, items, both_orders=False)
-
-
 def caa_vectors(model, tokenizer, pad_id, splits, sites, task_name) -> torch.Tensor:
-    prompts = _prompts(tokenizer, splits.train[:MAX_EXAMPLES], task_name)
+    prompts = tasks.prompts(tokenizer, task_name, splits.train[:MAX_EXAMPLES], both_orders=False)
     tok = {lab: [p.options[p.labels.index(lab)][0] for p in prompts] for lab in ("pro", "anti")}
     anti = site_activations(model, prompts, pad_id, sites, tok["anti"])
     pro = site_activations(model, prompts, pad_id, sites, tok["pro"])
@@ -70,7 +62,7 @@ def caa_vectors(model, tokenizer, pad_id, splits, sites, task_name) -> torch.Ten
 
 
 def mean_diff_vectors(model, tokenizer, pad_id, splits, sites, task_name) -> torch.Tensor:
-    prompts = _prompts(tokenizer, splits.train_resolvable[:MAX_EXAMPLES], task_name)
+    prompts = tasks.prompts(tokenizer, task_name, splits.train_resolvable[:MAX_EXAMPLES], both_orders=False)
     if not prompts:
         raise ValueError("mean-diff needs resolvable training examples; the data has none")
     acts = site_activations(model, prompts, pad_id, sites)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer import evaluate, generic, rewards, task
+from trainer import evaluate, generic, rewards, task, tasks
 from trainer.config import DSOConfig
 
 
@@ -79,11 +79,10 @@ class BatchSampler:
 
 def _groups(tokenizer, items: list, task_name: str) -> list[list[task.Prompt]]:
     """The prompts of each item: coreference, the pair of option orders; continuation, the one prompt."""
-    if task_name == "continuation":
-        from trainer import continuation
-        return [[p] for p in continuation.prompts(tokenizer, items)]
-    prompts = task.coref_prompts(tokenizer, items, both_orders=True)
-    return [prompts[i:i + 2] for i in range(0, len(prompts), 2)]
+    groups: dict[int, list[task.Prompt]] = {}
+    for p in tasks.prompts(tokenizer, task_name, items):
+        groups.setdefault(p.index, []).append(p)
+    return list(groups.values())
 
 
 def order_gap(status: torch.Tensor, prompts: list[task.Prompt]) -> torch.Tensor:

@@ -61,7 +61,8 @@ def run(args) -> int:
     from adapters import io
     from adapters.hf import Steering, model_identity
     from trainer import evaluate, mmlu, report, task
-    from trainer.train_command import load_splits, peak_rss_mb
+    from trainer.tasks import load_splits
+    from trainer.train_command import peak_rss_mb
 
     if args.combine:
         return _combine(args.combine, args.out)

@@ -35,7 +35,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from trainer import generic, rewards, task
+from trainer import generic, rewards, task, tasks
 
 BOOTSTRAP = 1000
 
@@ -56,7 +56,7 @@ def score(model, prompts: list[task.Prompt], pad_id: int, steering=None, strengt
                 logps.append(logp)
             else:
                 base = base_logp[i:i + batch_size]
-                kls.append((logp.exp() * (logp - base)).sum(-1).clamp(min=0))
+                kls.append(generic.kl(logp, base).clamp(min=0))
     return (torch.cat(probs), torch.cat(logps) if logps else None, torch.cat(kls) if kls else None)
 
 
@@ -74,7 +74,7 @@ def generic_kl(model, prompts: list[task.Prompt], pad_id: int, steering, strengt
             with attach(model, steering, strength):
                 steered = torch.log_softmax(model(**batch).logits.float(), -1)
             mask = batch["attention_mask"].float()
-            per_pos = (steered.exp() * (steered - base)).sum(-1).clamp(min=0) * mask
+            per_pos = generic.kl(steered, base).clamp(min=0) * mask
             per_text += (per_pos.sum(-1) / mask.sum(-1)).tolist()
     return _mean_se(np.array(per_text))
 
@@ -125,8 +125,8 @@ def coref_metrics(probs: torch.Tensor, prompts: list[task.Prompt], kind: str, ta
     """Metrics of one kind ("ambiguous" or "resolvable") from (N, 3) option probabilities."""
     out: dict[str, float] = {}
     if task_name == "continuation":  # the outcome is the gender given that the next word is gendered
-        out[f"other_rate{'' if kind == 'ambiguous' else '_resolvable'}"], se = _mean_se(probs[:, 2].numpy())
-        out[f"other_rate{'' if kind == 'ambiguous' else '_resolvable'}_se"] = se
+        key = "other_rate" if kind == "ambiguous" else "other_rate_resolvable"
+        out[key], out[f"{key}_se"] = _mean_se(probs[:, 2].numpy())
         probs = conditional(probs)
     status = rewards.by_status(probs, prompts)  # (N, 3): pro, anti, other
     greedy = torch.nn.functional.one_hot(probs.argmax(-1), 3).float()
@@ -202,20 +202,6 @@ def mmlu_metrics(probs: torch.Tensor, prompts: list[task.Prompt], base_hits: np.
     return out
 
 
-def task_prompts(tokenizer, task_name: str, ambiguous, resolvable, instruction: str = "") -> tuple[list, list]:
-    """(ambiguous, resolvable) prompts of a task; `instruction` prefixes each (the prompting row)."""
-    if task_name == "coreference":
-        return (task.coref_prompts(tokenizer, ambiguous, instruction=instruction),
-                task.coref_prompts(tokenizer, resolvable, instruction=instruction))
-    from dataclasses import replace
-
-    from trainer import continuation
-    if instruction:
-        ambiguous = [replace(i, prompt=f"{instruction}\n{i.prompt}") for i in ambiguous]
-        resolvable = [replace(i, prompt=f"{instruction}\n{i.prompt}") for i in resolvable]
-    return continuation.prompts(tokenizer, ambiguous), continuation.prompts(tokenizer, resolvable)
-
-
 def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_questions, adapters: dict,
                  strengths: list[float], prompting: bool = True, batch_size: int = 16, log=print,
                  mmlu_strengths: list[float] | None = None, task_name: str = "coreference") -> dict:
@@ -227,7 +213,7 @@ def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_ques
         adapters: method label -> `adapters.hf.Steering`.
         mmlu_strengths: the strengths at which MMLU is measured (None: all); its prompts are long.
     """
-    amb, res = task_prompts(tokenizer, task_name, ambiguous, resolvable)
+    amb, res = (tasks.prompts(tokenizer, task_name, items) for items in (ambiguous, resolvable))
     mm = task.mmlu_prompts(tokenizer, mmlu_questions) if mmlu_questions else []
     generic_prompts = generic.prompts(tokenizer, "eval")
     base_mmlu: dict[str, np.ndarray] = {}  # the base model's per-question hits, for paired changes
@@ -262,7 +248,8 @@ def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_ques
                 rows.append(measure(label, s, steering, base_logp)[0])
     if prompting:
         instruction = task.FAIRNESS_INSTRUCTION if task_name == "coreference" else task.CONTINUATION_INSTRUCTION
-        hinted_amb, hinted_res = task_prompts(tokenizer, task_name, ambiguous, resolvable, instruction)
+        hinted_amb, hinted_res = (tasks.prompts(tokenizer, task_name, items, instruction=instruction)
+                                  for items in (ambiguous, resolvable))
         rows.append(measure("prompting", 0.0, base_logp=base_logp, prompts=hinted_amb + hinted_res,
                             n_amb=len(hinted_amb), mm_prompts=[])[0])
     return {"rows": rows, "strengths": strengths, "task": task_name}

@@ -65,7 +65,11 @@ def prompts(tokenizer, side: str) -> list[Prompt]:
             for i, t in enumerate(texts(side))]
 
 
+def kl(logp: torch.Tensor, base_logp: torch.Tensor) -> torch.Tensor:
+    """KL(p || p_base) over the last (vocabulary) dimension of two log-softmax tensors."""
+    return (logp.exp() * (logp - base_logp)).sum(-1)
+
+
 def kl_per_token(logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the positions where mask is 1 of KL(p || p_base); logp, base_logp (B, T, V), mask (B, T)."""
-    per_pos = (logp.exp() * (logp - base_logp)).sum(-1)
-    return (per_pos * mask).sum() / mask.sum().clamp(min=1)
+    return (kl(logp, base_logp) * mask).sum() / mask.sum().clamp(min=1)

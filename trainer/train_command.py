@@ -53,19 +53,11 @@ def sites_for(cfg: DSOConfig, num_layers: int) -> tuple[str, ...]:
     return sites
 
 
-def load_splits(task_name: str, spec: str, n_train: int, n_eval: int, seed: int, holdout: tuple[str, ...]):
-    """The deterministic train/eval split of a task's data; training and evaluation both call this."""
-    if task_name == "continuation":
-        from trainer import continuation
-        return continuation.split(continuation.load(spec), n_train, n_eval, seed, holdout_occupations=holdout)
-    from trainer import data
-    return data.split(data.load(spec), n_train, n_eval, seed, holdout_occupations=holdout)
-
-
 def run(args) -> int:
     import torch
 
     from trainer import task
+    from trainer.tasks import load_splits
 
     cfg = from_args(args)
     out = Path(args.out)

@@ -11,7 +11,7 @@ from adapters.hf import Steering, model_identity
 from server.cli import main
 from trainer import dso, rewards, task
 from trainer.config import DSOConfig
-from trainer.train_command import load_splits
+from trainer.tasks import load_splits
 
 
 @pytest.fixture(scope="module")
