@@ -19,18 +19,6 @@ from trainer import continuation, evaluate, generic
 SHIPPED = Path(__file__).resolve().parents[2] / "adapters" / "shipped" / "smollm2-135m-instruct-dso.safetensors"
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from adapters.model_store import ModelPullError, pull
-    from trainer import task
-
-    try:
-        path = pull("smollm2-135m-instruct")
-    except (ModelPullError, OSError) as exc:
-        pytest.skip(f"SmolLM2 could not be obtained here: {exc}")
-    return task.load_model(str(path))
-
-
 @pytest.mark.slow
 def test_shipped_adapter_meets_the_acceptance_bar_on_held_out_prompts(smollm2):
     torch.set_num_threads(1)

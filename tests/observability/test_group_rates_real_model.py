@@ -22,16 +22,6 @@ from trainer.data import majority_is_female
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def smollm2_path():
-    from adapters.model_store import ModelPullError, pull
-
-    try:
-        return str(pull("smollm2-135m-instruct"))
-    except (ModelPullError, OSError) as exc:
-        pytest.skip(f"SmolLM2 could not be obtained here: {exc}")
-
-
 def test_group_counters_follow_the_fairness_strength(smollm2_path):
     items = continuation.split(continuation.generate(), 0, 240).eval_ambiguous
     groups = {"male": [i for i in items if not majority_is_female(i.occupation)],

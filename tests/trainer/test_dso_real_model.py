@@ -14,18 +14,6 @@ from trainer import continuation, dso, evaluate, generic, rewards
 from trainer.config import DSOConfig
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from adapters.model_store import ModelPullError, pull
-    from trainer import task
-
-    try:
-        path = pull("smollm2-135m-instruct")
-    except (ModelPullError, OSError) as exc:
-        pytest.skip(f"SmolLM2 could not be obtained here: {exc}")
-    return task.load_model(str(path))
-
-
 @pytest.mark.slow
 def test_short_dso_run_lowers_held_out_bias_and_keeps_stated_genders(smollm2):
     torch.set_num_threads(1)
