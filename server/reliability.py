@@ -89,7 +89,9 @@ def configure(args: argparse.Namespace, model_path: str, identity: "ModelIdentit
         raise UsageError(f"--max-adapters must be between 1 and 64; got {args.max_adapters}")
     if len(table) > args.max_adapters:
         raise UsageError(f"{len(table)} --adapter given but --max-adapters is {args.max_adapters}")
-    if _option_value(options, "--api-server-count") not in (None, "1"):
+    from server.serve_command import option_value
+
+    if option_value(options, "--api-server-count") not in (None, "1"):
         raise UsageError("--adapter-dir keeps adapter versions in one API server process; drop "
                          "--api-server-count or set it to 1 (run more replicas behind a load balancer instead)")
     from server import vllm_plugin
@@ -102,17 +104,6 @@ def configure(args: argparse.Namespace, model_path: str, identity: "ModelIdentit
     _config.admin = AdminSettings(tuple(dirs), args.max_adapters)
     _config.identity = identity
     return {**kwargs, "worker_extension_cls": EXTENSION_FQCN}
-
-
-def _option_value(options: list[str], flag: str) -> str | None:
-    """The value of `flag` among vLLM's options (`--flag V` or `--flag=V`; the last one wins)."""
-    value = None
-    for i, option in enumerate(options):
-        if option == flag and i + 1 < len(options):
-            value = options[i + 1]
-        elif option.startswith(flag + "="):
-            value = option.split("=", 1)[1]
-    return value
 
 
 async def install(app, engine_client) -> None:

@@ -12,7 +12,6 @@ A bad adapter file, bad options or a plugin that fails to load stop start-up wit
 """
 
 import argparse
-import itertools
 import json
 import os
 import sys
@@ -155,11 +154,20 @@ def _identity(model_path: str):
                          f"folder or `--model {DEFAULT_MODEL}`") from None
 
 
+def option_value(options: list[str], flag: str) -> str | None:
+    """The value of `flag` among vLLM's options (`--flag V` or `--flag=V`; the last one given wins)."""
+    value = None
+    for i, option in enumerate(options):
+        if option == flag and i + 1 < len(options):
+            value = options[i + 1]
+        elif option.startswith(flag + "="):
+            value = option.split("=", 1)[1]
+    return value
+
+
 def _served_name(options: list[str], model_path: str) -> str:
     """The name requests use for the model: the last --served-model-name given (its first value)."""
-    names = [value for flag, value in itertools.pairwise(options) if flag == "--served-model-name"]
-    names += [o.split("=", 1)[1] for o in options if o.startswith("--served-model-name=")]
-    return names[-1] if names else model_path
+    return option_value(options, "--served-model-name") or model_path
 
 
 def _plugin_kwargs(model_path: str, table: dict[str, str]) -> dict:
