@@ -8,7 +8,8 @@
                                       worker extension of server.vllm_plugin.reload)
     await install(app, engine)        once the engine runs: security middleware (outermost), the admin
                                       routes and version pinning, health that also checks adapter files,
-                                      and `fairness_strength`/`steering` in the OpenAPI schema
+                                      the HTTP-level drain on SIGTERM (server.drain), and
+                                      `fairness_strength`/`steering` in the OpenAPI schema
 
 Keys are better given through FAIRSTEER_API_KEY / FAIRSTEER_ADMIN_KEY than on the command line, where
 other local users can read them in the process list.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from server.drain import install_drain
 from server.security import DEFAULT_MAX_REQUEST_BYTES, SecuritySettings, install_security, send_error
 
 if TYPE_CHECKING:  # adapters.spec imports torch; `fairsteer --help` imports this module
@@ -119,7 +121,8 @@ async def install(app, engine_client) -> None:
         add_admin_routes(app, manager)
         app.user_middleware.append(Middleware(PinMiddleware, manager=manager))  # innermost
     app.user_middleware.insert(0, Middleware(AdapterFileHealth, get_registry=lambda: app.state.fairsteer_registry))
-    install_security(app, config.security)  # rebuilds the stack; outermost
+    install_security(app, config.security)
+    install_drain(app, engine_client)  # outermost: counts every request the server accepts
     _add_steering_to_schema(app)
 
 

@@ -124,16 +124,7 @@ class SecurityMiddleware:
             if body is None:
                 return
             receive = replay_body(body, receive)
-        errors = _OpenAIErrors(send)
-        try:
-            await self.app(scope, receive, errors.send)
-        except RuntimeError as exc:
-            # vLLM, draining on SIGTERM, has already closed its request pre-processing pool, so a request
-            # arriving now raises "cannot schedule new futures after shutdown" (a bare 500). Say what it is.
-            if "after shutdown" not in str(exc) or errors.started:
-                raise
-            await send_error(send, 503, "the server is shutting down (draining in-flight requests); retry "
-                                        "on another instance")
+        await self.app(scope, receive, _OpenAIErrors(send).send)
 
     def _check_key(self, path: str, token: str | None) -> tuple[int, str] | None:
         if path.startswith(ADMIN_PREFIX):
@@ -182,10 +173,8 @@ class _OpenAIErrors:
         self._send = send
         self._start: Message | None = None
         self._body = b""
-        self.started = False  # a response has begun: too late to send another
 
     async def send(self, message: Message) -> None:
-        self.started = True
         if message["type"] == "http.response.start" and message["status"] >= 400:
             self._start = message
             return
@@ -239,7 +228,7 @@ def replay_body(body: bytes, receive: Receive) -> Receive:
 
 
 def install_security(app, settings: SecuritySettings) -> None:
-    """Put the middleware outermost on vLLM's app (before CORS, vLLM's own auth and steering)."""
+    """Put the middleware in front of vLLM's (CORS, its own auth) and the steering middleware."""
     from starlette.middleware import Middleware
 
     app.user_middleware.insert(0, Middleware(SecurityMiddleware, settings=settings))
