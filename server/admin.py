@@ -35,10 +35,10 @@ from server.protocol import INTERNAL_ADAPTER_KEY
 from server.registry import LoadedAdapter
 from server.security import openai_error
 from server.steering_api import STEERED_PATHS
+from server.vllm_plugin.processor import FREE
 
 logger = logging.getLogger("fairsteer.admin")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-FREE = ""
 
 
 class AdminError(Exception):

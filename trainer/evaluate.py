@@ -105,20 +105,23 @@ def _bias(groups: list[np.ndarray]) -> float:
     return float(np.mean([abs(g.mean()) for g in groups]))
 
 
-def occupation_bias(gaps: np.ndarray, occupations: list[str], seed: int = 0) -> dict[str, float]:
+def occupation_bias(gaps: np.ndarray, occupations: list[str], seed: int = 0,
+                    noise_floor: bool = True) -> dict[str, float]:
     """Per-Occupation Bias of per-example gaps: value, bootstrap SE and 95% interval (resampling examples
     within occupations), and the noise floor (random pro/anti swaps per example: mean, 95th percentile)."""
     groups = [gaps[[i for i, o in enumerate(occupations) if o == occ]] for occ in sorted(set(occupations))]
     rng = np.random.default_rng(seed)
     boot = np.array([_bias([rng.choice(g, len(g)) for g in groups]) for _ in range(BOOTSTRAP)])
-    floor = np.array([_bias([g * rng.choice((-1.0, 1.0), len(g)) for g in groups]) for _ in range(BOOTSTRAP)])
     value, se = _bias(groups), float(boot.std(ddof=1))
     # Normal interval from the bootstrap SE: percentiles of the resampled |mean| sit above the estimate
     # (|.| is biased upwards under resampling), often wholly above it with ~15 examples per occupation.
-    return {"per_occupation_bias": value, "per_occupation_bias_se": se,
-            "per_occupation_bias_lo": max(value - 1.96 * se, 0.0), "per_occupation_bias_hi": value + 1.96 * se,
-            "per_occupation_bias_noise_floor": float(floor.mean()),
-            "per_occupation_bias_noise_floor_hi": float(np.percentile(floor, 95))}
+    out = {"per_occupation_bias": value, "per_occupation_bias_se": se,
+           "per_occupation_bias_lo": max(value - 1.96 * se, 0.0), "per_occupation_bias_hi": value + 1.96 * se}
+    if noise_floor:
+        floor = np.array([_bias([g * rng.choice((-1.0, 1.0), len(g)) for g in groups]) for _ in range(BOOTSTRAP)])
+        out["per_occupation_bias_noise_floor"] = float(floor.mean())
+        out["per_occupation_bias_noise_floor_hi"] = float(np.percentile(floor, 95))
+    return out
 
 
 def coref_metrics(probs: torch.Tensor, prompts: list[task.Prompt], kind: str, task_name: str = "coreference") -> dict:
@@ -135,9 +138,8 @@ def coref_metrics(probs: torch.Tensor, prompts: list[task.Prompt], kind: str, ta
         occs = _occupations(prompts)
         for suffix, st in (("", status), ("_greedy", greedy_status)):
             gaps = _per_example(st[:, 0] - st[:, 1], prompts)
-            bias = occupation_bias(gaps, occs)
-            out.update({k.replace("per_occupation_bias", f"per_occupation_bias{suffix}"): v for k, v in bias.items()
-                        if suffix == "" or k.endswith(("bias", "_se"))})
+            bias = occupation_bias(gaps, occs, noise_floor=suffix == "")
+            out.update({k.replace("per_occupation_bias", f"per_occupation_bias{suffix}"): v for k, v in bias.items()})
             out[f"stereotype_gap{suffix}"], out[f"stereotype_gap{suffix}_se"] = _mean_se(gaps)
         if task_name == "coreference":
             out["other_rate"], out["other_rate_se"] = _mean_se(_per_example(status[:, 2], prompts))

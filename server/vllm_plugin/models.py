@@ -30,13 +30,12 @@ import server.vllm_plugin.ops  # noqa: F401  (registers torch.ops.fairsteer.*)
 from adapters import io
 from adapters.sites import all_sites, module_path
 from adapters.spec import AdapterFormatError, ModelIdentity
-from server.vllm_plugin.processor import PROCESSOR_FQCN
+from server.vllm_plugin.processor import FREE, PROCESSOR_FQCN
 from server.vllm_plugin.state import STATE
 
 ADAPTERS_KEY = "fairsteer_adapters"  # hf_config attribute: JSON [[name, path], ...]; index = position + 1
 BASE_ARCH_KEY = "fairsteer_base_architecture"
 CAPACITY_KEY = "fairsteer_slot_capacity"  # hf_config attribute: adapter rows at every site (run-time loading)
-FREE = ""  # the name of an empty adapter row: no request can ask for it
 
 
 class _SteeredNorm:

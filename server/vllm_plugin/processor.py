@@ -23,6 +23,7 @@ from server.vllm_plugin.state import STATE
 PROCESSOR_FQCN = "server.vllm_plugin.processor:SteeringStateProcessor"
 ADAPTER_KEY = "fairsteer_adapter"
 STRENGTH_KEY = "fairsteer_strength"
+FREE = ""  # the name of an empty adapter row: no request can ask for it
 _KEYS = (ADAPTER_KEY, STRENGTH_KEY)
 
 # Adapter names in index order (index = position + 1), known in the front-end process once

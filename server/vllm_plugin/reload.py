@@ -18,7 +18,8 @@ Selected with `--worker-extension-cls server.vllm_plugin.reload.SteeringReloadEx
 import torch
 
 from adapters.sites import module_path
-from server.vllm_plugin.models import BASE_ARCH_KEY, FREE
+from server.vllm_plugin.models import BASE_ARCH_KEY
+from server.vllm_plugin.processor import FREE
 from server.vllm_plugin.state import STATE
 
 EXTENSION_FQCN = "server.vllm_plugin.reload.SteeringReloadExtension"
