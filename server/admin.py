@@ -20,7 +20,6 @@ slot is reused only once none of them is left. Responses state the version (x-fa
 import asyncio
 import json
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,13 +31,12 @@ from fastapi.responses import JSONResponse
 from adapters import io
 from adapters.spec import AdapterFormatError, ModelIdentity
 from server.protocol import INTERNAL_ADAPTER_KEY
-from server.registry import LoadedAdapter
-from server.security import openai_error
+from server.registry import LoadedAdapter, adapter_name_problem
+from server.security import openai_error, route_path
 from server.steering_api import STEERED_PATHS
 from server.vllm_plugin.processor import FREE
 
 logger = logging.getLogger("fairsteer.admin")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class AdminError(Exception):
@@ -101,8 +99,12 @@ class AdapterManager:
             raise AdminError(400, f"`file` {file!r} must be a relative path to a .safetensors file inside "
                                   "an --adapter-dir, without '..'", "file")
         for folder in self.settings.adapter_dirs:
-            path = (folder / relative).resolve()
-            if path.is_relative_to(folder) and path.is_file():
+            try:
+                path = (folder / relative).resolve()
+                found = path.is_relative_to(folder) and path.is_file()
+            except (OSError, ValueError) as exc:  # a name too long, a NUL byte, an unreadable folder
+                raise AdminError(400, f"`file` {file!r} cannot be opened: {exc}", "file") from None
+            if found:
                 return path
         dirs = ", ".join(str(d) for d in self.settings.adapter_dirs)
         raise AdminError(404, f"no adapter file {file!r} in the adapter directories ({dirs})", "file")
@@ -180,9 +182,8 @@ class AdapterManager:
 
 
 def _check_name(name: str) -> None:
-    if not _NAME.match(name):
-        raise AdminError(400, f"adapter name {name!r} is not usable: use 1-64 letters, digits, '.', '_' or "
-                              "'-', starting with a letter or digit", "name")
+    if problem := adapter_name_problem(name):
+        raise AdminError(400, problem, "name")
 
 
 def _error(exc: AdminError) -> JSONResponse:
@@ -231,7 +232,7 @@ class PinMiddleware:
         self.app, self.manager = app, manager
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in STEERED_PATHS:
+        if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) not in STEERED_PATHS:
             return await self.app(scope, receive, send)
         first = await receive()  # the steering middleware's replayed, already rewritten body
         body = first.get("body", b"")

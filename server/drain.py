@@ -14,11 +14,12 @@ here first:
 Health probes and /metrics are not requests to wait for and keep answering while draining.
 """
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
 
-from server.security import OPEN_PATHS, Receive, Scope, Send, send_error
+from server.security import OPEN_PATHS, Receive, Scope, Send, route_path, send_error
 
 DRAINING_MESSAGE = "the server is shutting down (draining in-flight requests); retry on another instance"
 
@@ -56,12 +57,22 @@ class Drain:
 
         def drained_shutdown(timeout: float | None = None) -> None:
             started = time.monotonic()
-            self.wait_idle(timeout or 0)
+            # vLLM calls this again on the event loop as its engine context closes; waiting there would
+            # block the very requests waited for.
+            self.wait_idle(0 if _on_event_loop() else timeout or 0)
             if timeout:
                 timeout = max(1.0, timeout - (time.monotonic() - started))  # a second to stop cleanly
             shutdown(timeout=timeout)
 
         return drained_shutdown
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
 
 
 class DrainMiddleware:
@@ -71,8 +82,8 @@ class DrainMiddleware:
         self.app, self.drain = app, drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
-            if scope.get("path") == "/health" and self.drain.draining:
+        if scope["type"] != "http" or route_path(scope) in OPEN_PATHS:
+            if scope["type"] == "http" and route_path(scope) == "/health" and self.drain.draining:
                 return await send_error(send, 503, DRAINING_MESSAGE)
             return await self.app(scope, receive, send)
         if not self.drain.enter():

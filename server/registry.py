@@ -9,6 +9,7 @@ A registry is an immutable value: changing adapters at run time means building a
 """
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,17 @@ from adapters import io
 from adapters.spec import AdapterFormatError, AdapterMeta, ModelIdentity
 from server.cli import UsageError
 from server.protocol import Policy
+
+# Names travel in `x-fairsteer-adapter` headers and metric labels: short, printable, no spaces.
+_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def adapter_name_problem(name: str) -> str | None:
+    """Why `name` cannot name an adapter, or None if it can."""
+    if _ADAPTER_NAME.fullmatch(name):
+        return None
+    return (f"adapter name {name!r} is not usable: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from server.drain import install_drain
-from server.security import DEFAULT_MAX_REQUEST_BYTES, SecuritySettings, install_security, send_error
+from server.security import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    SecuritySettings,
+    install_security,
+    route_path,
+    send_error,
+)
 
 if TYPE_CHECKING:  # adapters.spec imports torch; `fairsteer --help` imports this module
     from adapters.spec import ModelIdentity
@@ -63,6 +69,7 @@ def configure(args: argparse.Namespace, model_path: str, identity: "ModelIdentit
     """Check the flags; return the engine kwargs with the drain timeout and what run-time adapter loading
     needs."""
     from server.cli import UsageError
+    from server.serve_command import option_value
 
     global _config
     try:
@@ -70,9 +77,12 @@ def configure(args: argparse.Namespace, model_path: str, identity: "ModelIdentit
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     _config = _Config(security)
+    if security.api_key and os.environ.get("VLLM_SERVER_DEV_MODE", "0") not in ("", "0"):
+        raise UsageError("VLLM_SERVER_DEV_MODE opens vLLM's engine-control routes (collective_rpc, weight "
+                         "updates, sleep) to every API-key holder; unset it on a server with an API key")
     if args.drain_timeout < 0:
         raise UsageError(f"--drain-timeout must be >= 0 seconds; got {args.drain_timeout}")
-    if "--shutdown-timeout" not in options:
+    if option_value(options, "--shutdown-timeout") is None:
         kwargs = {**kwargs, "shutdown_timeout": args.drain_timeout}
     if not args.adapter_dir:
         return kwargs
@@ -91,8 +101,6 @@ def configure(args: argparse.Namespace, model_path: str, identity: "ModelIdentit
         raise UsageError(f"--max-adapters must be between 1 and 64; got {args.max_adapters}")
     if len(table) > args.max_adapters:
         raise UsageError(f"{len(table)} --adapter given but --max-adapters is {args.max_adapters}")
-    from server.serve_command import option_value
-
     if option_value(options, "--api-server-count") not in (None, "1"):
         raise UsageError("--adapter-dir keeps adapter versions in one API server process; drop "
                          "--api-server-count or set it to 1 (run more replicas behind a load balancer instead)")
@@ -136,7 +144,7 @@ class AdapterFileHealth:
         self.app, self.get_registry = app, get_registry
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/health":
+        if scope["type"] == "http" and route_path(scope) == "/health":
             for name, adapter in self.get_registry().adapters.items():
                 if not os.path.isfile(adapter.path):
                     message = (f"adapter {name!r}: its file {adapter.path} has vanished; the loaded copy "

@@ -59,6 +59,13 @@ class SecuritySettings:
         return cls(api_key or None, admin_key or None, max_request_bytes)
 
 
+def route_path(scope: Scope) -> str:
+    """The path routes match on: without the --root-path prefix when the request carries it (as Starlette
+    routes), so no check here can be dodged by prefixing a path."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root + "/") else path
+
+
 def openai_error(status: int, message: str, param: str | None = None) -> bytes:
     error = {"message": message, "type": _ERROR_TYPES.get(status, "BadRequestError"), "param": param,
              "code": status}
@@ -110,9 +117,11 @@ class SecurityMiddleware:
         return "admin" if is_admin else "api" if is_api else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and self._check_key(route_path(scope), _bearer(scope)):
+            return await send({"type": "websocket.close", "code": 1008})  # policy violation
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
             return await self.app(scope, receive, send)
-        path = scope["path"]
+        path = route_path(scope)
         if path not in OPEN_PATHS:
             problem = self._check_key(path, _bearer(scope))
             if problem:

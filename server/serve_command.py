@@ -111,6 +111,7 @@ def _resolve(alias: str) -> str:
 
 def _adapter_table(specs: list[str], alias: str) -> dict[str, str]:
     from server.cli import UsageError
+    from server.registry import adapter_name_problem
 
     table: dict[str, str] = {}
     for item in specs:
@@ -119,6 +120,8 @@ def _adapter_table(specs: list[str], alias: str) -> dict[str, str]:
             raise UsageError(f"--adapter {item!r}: expected NAME=FILE, e.g. --adapter dso=adapters/shipped/x.safetensors")
         if name in table:
             raise UsageError(f"--adapter {name!r} is given twice; each adapter needs its own name")
+        if problem := adapter_name_problem(name):
+            raise UsageError(f"--adapter {item!r}: {problem}")
         table[name] = path
     if table or alias not in SHIPPED_ADAPTERS:
         return table

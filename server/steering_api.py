@@ -33,7 +33,7 @@ from server.protocol import (
     rewrite,
 )
 from server.registry import SteeringRegistry
-from server.security import replay_body
+from server.security import replay_body, route_path
 
 logger = logging.getLogger("fairsteer.serve")
 
@@ -71,7 +71,7 @@ class SteeringMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        path = scope["path"]
+        path = route_path(scope)
         body = await _read_body(receive)
         data = _parse_object(body)
         if data is None:  # not a JSON object: vLLM answers it with its own error

@@ -94,6 +94,20 @@ def test_a_shutdown_without_timeout_does_not_wait():
     assert stop.calls[0][1] is None and drain.draining
 
 
+def test_the_second_shutdown_call_on_the_event_loop_does_not_block_it():
+    """vLLM calls shutdown again on the event loop as its engine context closes."""
+    drain, stop = Drain(), Recorder()
+    assert drain.enter()  # a request still running past the first call's timeout
+
+    async def on_the_loop():
+        started = time.monotonic()
+        drain.wrap_shutdown(stop)(30.0)
+        return time.monotonic() - started
+
+    assert asyncio.run(on_the_loop()) < 1.0
+    assert stop.calls[0][1] == pytest.approx(30.0, abs=1.0), "vLLM's own timeout is passed on unchanged"
+
+
 @pytest.mark.parametrize("path,status", [("/v1/closed", 503), ("/v1/broken", 500)])
 def test_only_the_closed_pool_error_of_a_stopping_engine_becomes_503(path, status):
     async def main():

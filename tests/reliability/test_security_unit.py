@@ -42,9 +42,10 @@ def make_app(settings: SecuritySettings):
     return SecurityMiddleware(Starlette(routes=routes), settings)
 
 
-def request(app, method, path, **kwargs):
+def request(app, method, path, root_path="", **kwargs):
     async def go():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        transport = httpx.ASGITransport(app=app, root_path=root_path)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             return await client.request(method, path, **kwargs)
 
     return asyncio.run(go())
@@ -67,6 +68,42 @@ def test_each_route_accepts_exactly_its_keys(app):
         assert r.status_code == status, (path, key, r.text)
         if status >= 400:
             assert_openai_error(r, status)
+
+
+def test_a_root_path_prefix_does_not_dodge_the_key_checks(app):
+    """vLLM's --root-path: routes match with the prefix stripped, so the checks must strip it too."""
+    for key, status in ((None, 401), (API_KEY, 403), (ADMIN_KEY, 200)):
+        r = request(app, "GET", "/api/v1/admin/adapters", root_path="/api", headers=api_headers(key) if key else {})
+        assert r.status_code == status, (key, r.text)
+    assert request(app, "POST", "/api/v1/completions", root_path="/api", json={}).status_code == 401
+    assert request(app, "GET", "/api/health", root_path="/api").status_code == 200
+
+
+def test_a_root_path_prefix_does_not_dodge_steering():
+    from server.registry import SteeringRegistry
+    from server.steering_api import SteeringMiddleware
+
+    unsteered = SteeringRegistry("m", {}, None, 0.0, 1.0)
+    app = SteeringMiddleware(Starlette(routes=[Route("/v1/completions", echo, methods=["POST"])]), lambda: unsteered)
+    r = request(app, "POST", "/api/v1/completions", root_path="/api", json={"prompt": "x", "fairness_strength": 0.5})
+    assert "no steering adapter" in assert_openai_error(r, 400)["message"], "must be checked as a completion"
+
+
+@pytest.mark.parametrize(("key", "accepted"), [(None, False), ("wrong-key-0000", False), (API_KEY, True)])
+def test_websockets_need_the_key_too(app, key, accepted):
+    sent = []
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
+    scope = {"type": "websocket", "path": "/v1/realtime", "headers": headers, "query_string": b"", "root_path": ""}
+    asyncio.run(app(scope, receive, send))
+    closed = sent[:1] == [{"type": "websocket.close", "code": 1008}]
+    assert closed != accepted, sent
 
 
 def test_an_open_server_needs_no_key_but_admin_routes_stay_closed_without_an_admin_key():
@@ -139,7 +176,8 @@ def test_adapter_files_only_from_the_configured_folders(tmp_path):
     assert manager.resolve_file("sub/deep.safetensors") == (served / "sub" / "deep.safetensors").resolve()
     for bad, status in [("../other/secret.safetensors", 400), (str(other / "secret.safetensors"), 400),
                         ("link.safetensors", 404), ("ok.pt", 400), ("", 400), (None, 400),
-                        ("sub/../../other/secret.safetensors", 400), ("missing.safetensors", 404)]:
+                        ("sub/../../other/secret.safetensors", 400), ("missing.safetensors", 404),
+                        ("x" * 300 + ".safetensors", 400), ("nul\0.safetensors", 400)]:
         with pytest.raises(AdminError) as info:
             manager.resolve_file(bad)
         assert info.value.status == status, (bad, info.value.message)
@@ -169,8 +207,34 @@ def test_serve_flags_that_cannot_work_stop_start_up_with_the_fix(overrides, opti
         configure(_serve_args(**overrides), "unused-model", None, {}, {}, options)
 
 
+def test_vllm_dev_mode_is_refused_on_a_server_with_an_api_key(monkeypatch):
+    monkeypatch.delenv("FAIRSTEER_API_KEY", raising=False)
+    monkeypatch.delenv("FAIRSTEER_ADMIN_KEY", raising=False)
+    monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
+    with pytest.raises(UsageError, match="VLLM_SERVER_DEV_MODE"):
+        configure(_serve_args(api_key=API_KEY), "m", None, {}, {}, [])
+    configure(_serve_args(), "m", None, {}, {}, [])  # an open loopback server may use it
+    monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "0")
+    configure(_serve_args(api_key=API_KEY), "m", None, {}, {}, [])
+
+
 def test_serve_drains_by_default_unless_vllm_shutdown_timeout_is_given(monkeypatch):
     monkeypatch.delenv("FAIRSTEER_API_KEY", raising=False)
     monkeypatch.delenv("FAIRSTEER_ADMIN_KEY", raising=False)
     assert configure(_serve_args(), "m", None, {}, {}, [])["shutdown_timeout"] == DEFAULT_DRAIN_S
     assert "shutdown_timeout" not in configure(_serve_args(), "m", None, {}, {}, ["--shutdown-timeout", "5"])
+    assert "shutdown_timeout" not in configure(_serve_args(), "m", None, {}, {}, ["--shutdown-timeout=5"])
+
+
+@pytest.mark.parametrize("name", ["ok\n", "with space", "-dash-first", "", "x" * 65, "naïve"])
+def test_adapter_names_that_cannot_travel_in_headers_are_refused(name):
+    from server.admin import _check_name
+    from server.serve_command import _adapter_table
+
+    with pytest.raises(AdminError, match="not usable") as info:
+        _check_name(name)
+    assert info.value.status == 400
+    if name:  # an empty name is refused earlier, as NAME=FILE malformed
+        with pytest.raises(UsageError, match="not usable"):
+            _adapter_table([f"{name}=a.safetensors"], "m")
+    _check_name("dso-v2.1_final")
