@@ -47,18 +47,8 @@ PAUSE = float(os.environ.get("FAIRSTEER_DEMO_PAUSE", "0"))  # seconds between ro
 LEXICON = {g: set(t) for g, t in json.loads((ROOT / "server/lexicons/gender.json").read_text())["groups"].items()}
 
 
-def _have_server() -> bool:
-    try:
-        import server.serve_command  # noqa: F401 - the HTTP server (issue 3)
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    if not _have_server():
-        pytest.skip("server.serve_command (issue 3's HTTP server) is not in this checkout yet")
     tmp = tmp_path_factory.mktemp("served")
     model_dir = save_tiny_model(tmp / "model", "LlamaForCausalLM", seed=0)
     adapters = {name: _constructed_adapter(model_dir, name, tmp) for name in ("shift_he", "random")}
@@ -256,8 +246,6 @@ def test_dashboard_renders_from_scraped_data(traffic, prometheus, tmp_path):
 
 
 def test_a_bad_lexicon_stops_fairsteer_serve_at_start_up(tmp_path):
-    if not _have_server():
-        pytest.skip("server.serve_command (issue 3's HTTP server) is not in this checkout yet")
     import subprocess
 
     model_dir = save_tiny_model(tmp_path / "model", "LlamaForCausalLM", seed=0)

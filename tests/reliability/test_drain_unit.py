@@ -83,7 +83,7 @@ def test_the_drain_gives_up_after_its_timeout():
     started = time.monotonic()
     drain.wrap_shutdown(stop)(0.3)
     [(called_at, timeout)] = stop.calls
-    assert 0.3 <= called_at - started < 2.0 and timeout == 1.0
+    assert 0.3 <= called_at - started < 15.0 and timeout == 1.0  # (the defect it guards against: forever)
     assert not drain.enter(), "no request is accepted once draining"
 
 
@@ -104,7 +104,7 @@ def test_the_second_shutdown_call_on_the_event_loop_does_not_block_it():
         drain.wrap_shutdown(stop)(30.0)
         return time.monotonic() - started
 
-    assert asyncio.run(on_the_loop()) < 1.0
+    assert asyncio.run(on_the_loop()) < 15.0  # blocking would take the full 30 s
     assert stop.calls[0][1] == pytest.approx(30.0, abs=1.0), "vLLM's own timeout is passed on unchanged"
 
 

@@ -1,7 +1,7 @@
 """End to end on the real SmolLM2-135M-Instruct: `fairsteer serve --model smollm2-135m-instruct` with a
 constructed adapter, driven by the official `openai` client (chat, streaming, extra_body).
 
-Slow (about a minute of start-up on one core); skips when the model cannot be obtained here.
+Slow (about a minute of start-up on one core).
 """
 
 import openai
@@ -17,14 +17,8 @@ QUESTION = [{"role": "user", "content": "The nurse called the doctor because she
 
 
 @pytest.fixture(scope="module")
-def smollm2_server(tmp_path_factory):
-    from adapters.model_store import ModelPullError, resolve_model
-
-    try:
-        path = resolve_model(MODEL)
-    except (ModelPullError, OSError) as exc:
-        pytest.skip(f"SmolLM2 could not be obtained here: {exc}")
-    identity = ModelIdentity.from_config(AutoConfig.from_pretrained(path))
+def smollm2_server(tmp_path_factory, smollm2_path):
+    identity = ModelIdentity.from_config(AutoConfig.from_pretrained(smollm2_path))
     spec = random_spec(identity, "constructed", seed=0, scale_a=0.2, scale_b=0.5, base_model=MODEL,
                        method="constructed")
     adapter = io.save(spec, tmp_path_factory.mktemp("e2e") / "fair.safetensors")

@@ -9,8 +9,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
-triton = pytest.importorskip("triton")
+import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 

@@ -95,7 +95,6 @@ def test_env_override_is_read_at_import():
     assert run.returncode != 0 and "FAIRSTEER_KERNEL='bogus'" in run.stderr
 
 
-@pytest.mark.skipif(not dispatch.HAS_TRITON, reason="triton not installed")
 def test_triton_forced_on_cpu_without_the_interpreter_says_how_to_fix(monkeypatch):
     h, a, b, strength, index, _ = _inputs()
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -13,8 +13,9 @@ import torch
 from steering_kernels import dispatch
 from steering_kernels.reference import rms_norm_ref, rms_norm_steer_ref, steer_ref
 
-if not dispatch.HAS_TRITON or not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
-    pytest.skip("needs triton with a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+    pytest.skip("runs on a GPU or under TRITON_INTERPRET=1 (as `make test` runs it)", allow_module_level=True)
+assert dispatch.HAS_TRITON, "triton (a pinned dependency) fails to import"
 
 from steering_kernels import triton_kernels as tk  # after the interpreter check
 
@@ -33,6 +34,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Token counts 1, odd, large; hidden sizes of real models (SmolLM2 576, Qwen2.5-0.5B 896) and a small odd one.
 # 1024 tokens only at 576 wide, to keep the interpreter's time bounded.
 SHAPES = [(1, 576), (7, 896), (83, 37), (83, 576), (1024, 576)]
+SEEDS = [0, 1, 2]
 
 
 def _inputs(T, D, dtype, K=3, seed=0):
@@ -41,8 +43,9 @@ def _inputs(T, D, dtype, K=3, seed=0):
     a = torch.randn(K, D, generator=g) * 0.2
     b = torch.randn(K, D, generator=g) * 0.2
     strength = torch.rand(T, generator=g) * 2.5 - 0.5
-    strength[::3] = 0                                               # mixed strengths including 0
+    strength[1::3] = 0                                              # mixed strengths including 0
     index = torch.randint(0, K + 1, (T,), generator=g, dtype=torch.int32)   # several adapters and 0
+    index[0] = 1  # row 0 always steered, so the one-token (decode) shape is checked steered
     weight = (1 + 0.3 * torch.randn(D, generator=g)).to(dtype)
     residual = torch.randn(T, D, generator=g).to(dtype)
     return [t.to(DEVICE) for t in (h, a, b, strength, index, weight, residual)]
@@ -58,10 +61,11 @@ def _assert_close(out, ref, h_steered, a, b, strength, index, ulps, what):
     assert worst <= 0, f"{what}: {(err > bound).sum().item()} elements beyond {ulps} ulps of the term magnitude"
 
 
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("T,D", SHAPES)
-def test_steer_kernel_matches_reference(T, D, dtype):
-    h, a, b, s, index, *_ = _inputs(T, D, dtype)
+def test_steer_kernel_matches_reference(T, D, dtype, seed):
+    h, a, b, s, index, *_ = _inputs(T, D, dtype, seed=seed)
     for idx in (index, None):
         out, ref = tk.steer(h, a, b, s, idx), steer_ref(h, a, b, s, idx)
         _assert_close(out, ref, h, a, b, s, idx, ULPS["steer"][dtype], f"steer index={idx is not None}")
@@ -69,10 +73,11 @@ def test_steer_kernel_matches_reference(T, D, dtype):
         assert torch.equal(out[untouched], h[untouched]), "strength 0 / index 0 rows must not change a bit"
 
 
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("T,D", SHAPES)
-def test_fused_kernel_matches_reference(T, D, dtype):
-    x, a, b, s, index, weight, residual = _inputs(T, D, dtype)
+def test_fused_kernel_matches_reference(T, D, dtype, seed):
+    x, a, b, s, index, weight, residual = _inputs(T, D, dtype, seed=seed)
     out = tk.rms_norm_steer(x, weight, 1e-6, a, b, s, index)
     ref = rms_norm_steer_ref(x, weight, 1e-6, a, b, s, index)
     _assert_close(out, ref, rms_norm_ref(x, weight, 1e-6), a, b, s, index, ULPS["fused"][dtype], "fused")
@@ -102,9 +107,8 @@ def test_fused_strength_zero_equals_the_plain_norm_bit_for_bit(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_untouched_rows_are_selected_not_scaled_by_zero(dtype):
     h, a, b, s, index, *_ = _inputs(83, 576, dtype)
-    h[0, :3] = float("inf")                       # row 0 has strength 0: h + 0·(a·inf + b) would be NaN
-    h[1, :3] = float("-inf")
-    index[1] = 0
+    s[0], h[0, :3] = 0.0, float("inf")            # strength 0: h + 0·(a·inf + b) would be NaN
+    index[1], h[1, :3] = 0, float("-inf")
     y = tk.steer(h, a, b, s, index)
     assert torch.equal(y[:2], h[:2]), "strength 0 / index 0 rows must be the input bit for bit, inf included"
 
