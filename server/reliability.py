@@ -6,9 +6,9 @@
                                       (UsageError naming the fix) and adds the engine kwargs run-time
                                       loading needs (the steered model even with no adapter yet, the
                                       worker extension of server.vllm_plugin.reload)
-    await install(app, engine)        once the engine runs: security middleware (outermost), the admin
-                                      routes and version pinning, health that also checks adapter files,
-                                      the HTTP-level drain on SIGTERM (server.drain), and
+    await install(app, engine)        once the engine runs: the HTTP-level drain on SIGTERM (server.drain,
+                                      outermost), the security middleware, the admin routes and version
+                                      pinning, health that also checks adapter files, and
                                       `fairness_strength`/`steering` in the OpenAPI schema
 
 Keys are better given through FAIRSTEER_API_KEY / FAIRSTEER_ADMIN_KEY than on the command line, where
