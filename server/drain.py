@@ -82,8 +82,11 @@ class DrainMiddleware:
         self.app, self.drain = app, drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or route_path(scope) in OPEN_PATHS:
-            if scope["type"] == "http" and route_path(scope) == "/health" and self.drain.draining:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = route_path(scope)
+        if path in OPEN_PATHS:
+            if path == "/health" and self.drain.draining:
                 return await send_error(send, 503, DRAINING_MESSAGE)
             return await self.app(scope, receive, send)
         if not self.drain.enter():

@@ -1,9 +1,10 @@
 """The shipped adapter meets the project's acceptance bar on held-out prompts of the real model.
 
-Slow (about a minute on one core): SmolLM2-135M-Instruct (`fairsteer model pull`) with `adapters/shipped/smollm2-135m-instruct-dso.safetensors` at strength 1, on 240 held-out
-continuation prompts (wordings never trained on, 6 per occupation) and their stated-gender versions:
-the bias falls with its 95% interval below the base value, stated genders are kept, the share of
-gendered next words hardly moves, and KL to the base model on generic text is at most 0.05 nats/token.
+Slow (about a minute on one core): SmolLM2-135M-Instruct (`fairsteer model pull`) with
+`adapters/shipped/smollm2-135m-instruct-dso.safetensors` at strength 1, on 240 held-out continuation prompts
+(wordings never trained on, 6 per occupation) and their stated-gender versions: the bias falls with its 95%
+interval below the base value, stated genders are kept, the share of gendered next words hardly moves, and
+KL to the base model on generic text is at most 0.05 nats/token.
 """
 
 from pathlib import Path

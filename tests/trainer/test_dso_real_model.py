@@ -1,8 +1,9 @@
 """One short DSO run on the real SmolLM2-135M-Instruct lowers its measurable bias on held-out prompts.
 
-Slow (about 1-2 minutes on one core): obtains the model with `fairsteer model pull`, trains 50 steps on the continuation task (the task where this model's gender bias is
-well above the noise floor; its coreference bias is not, see adapters/shipped/README.md), and compares
-the base model with the adapter at strength 1 on 160 held-out prompts of wordings never trained on.
+Slow (about 1-2 minutes on one core): obtains the model with `fairsteer model pull`, trains 50 steps on the
+continuation task (the task where this model's gender bias is well above the noise floor; its coreference
+bias is not, see adapters/shipped/README.md), and compares the base model with the adapter at strength 1 on
+160 held-out prompts of wordings never trained on.
 """
 
 import pytest
