@@ -45,7 +45,7 @@ bench: setup
 	$(PY) bench/serve_overhead.py $(or $(BENCH_ARGS),--model smollm2-135m-instruct --rounds 8 --requests 16 --max-tokens 32 --concurrency 8)
 
 lint: setup
-	.venv/bin/ruff check adapters steering_kernels server trainer tests bench
+	.venv/bin/ruff check adapters steering_kernels server trainer cli tests bench
 
 docker-build:
 	docker build -f docker/Dockerfile -t fairsteer:gpu .

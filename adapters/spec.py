@@ -11,15 +11,14 @@ is one slot in the steering kernels' tables.
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from adapters.methods import METHODS
 from adapters.sites import all_sites, parse_site, site_map
 
 FORMAT_VERSION = 1
-Method = Literal["dso", "caa", "mean_diff", "iti", "random", "constructed"]
-METHODS: tuple[str, ...] = ("dso", "caa", "mean_diff", "iti", "random", "constructed")
 
 
 class AdapterFormatError(ValueError):
@@ -64,7 +63,7 @@ class AdapterMeta:
     """Everything in the file besides the tensors."""
 
     name: str
-    method: str
+    method: str  # one of `adapters.methods.METHODS`, checked by `SteeringSpec.validate`
     base_model: str  # the model's name or path as given to the trainer
     identity: ModelIdentity
     training: dict[str, Any] = field(default_factory=dict)

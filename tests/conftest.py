@@ -17,7 +17,7 @@ def smollm2_path() -> str:
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_path):
-    """(model, tokenizer, pad_id) of SmolLM2-135M-Instruct in fp32, frozen (`trainer.task.load_model`)."""
-    from trainer import task
+    """(model, tokenizer, pad_id) of SmolLM2-135M-Instruct in fp32, frozen (`trainer.base_model`)."""
+    from trainer.base_model import load_model
 
-    return task.load_model(smollm2_path)
+    return load_model(smollm2_path)

@@ -15,13 +15,20 @@ each baseline's whole trade-off curve. ITI (per-head probing) is not implemented
 """
 
 import sys
+from collections.abc import Callable
 
 import torch
 
+from adapters.methods import TrainedMethod
 from adapters.sites import module_path
-from trainer import task, tasks
-from trainer.config import DSOConfig
+from trainer import task_registry
+from trainer.config import DSOConfig, TaskName
+from trainer.errors import DataError
+from trainer.prompts import Prompt, collate
+from trainer.run import Run
 
+# (model, tokenizer, pad_id, splits, sites, task) -> (raw vector (S, D), mean activation norm (S,))
+VectorFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 MAX_EXAMPLES = 160  # one option order each: enough for a stable mean, minutes on one CPU core
 RELATIVE_NORM = 1.0
 
@@ -30,7 +37,7 @@ def default_sites(cfg: DSOConfig, sites: tuple[str, ...], num_layers: int) -> tu
     return (f"layers.{num_layers // 2}.input_norm",) if cfg.sites == "all" else sites
 
 
-def site_activations(model, prompts: list[task.Prompt], pad_id: int, sites: tuple[str, ...],
+def site_activations(model, prompts: list[Prompt], pad_id: int, sites: tuple[str, ...],
                      extra_token: list[int] | None = None, batch_size: int = 16) -> torch.Tensor:
     """(N, S, D) outputs of each site's module at the last position (after `extra_token[i]` if given)."""
     arch = model.config.architectures[0]
@@ -43,9 +50,9 @@ def site_activations(model, prompts: list[task.Prompt], pad_id: int, sites: tupl
             for i in range(0, len(prompts), batch_size):
                 chunk = prompts[i:i + batch_size]
                 if extra_token is not None:
-                    chunk = [task.Prompt(p.ids + (t,), p.options, p.labels, p.correct, p.occupation, p.index)
+                    chunk = [Prompt(p.ids + (t,), p.options, p.labels, p.correct, p.occupation, p.index)
                              for p, t in zip(chunk, extra_token[i:i + batch_size])]
-                model(**task.collate(chunk, pad_id))
+                model(**collate(chunk, pad_id))
                 rows.append(torch.stack([captured[k] for k in range(len(sites))], dim=1))
     finally:
         for h in hooks:
@@ -53,40 +60,45 @@ def site_activations(model, prompts: list[task.Prompt], pad_id: int, sites: tupl
     return torch.cat(rows)
 
 
-def caa_vectors(model, tokenizer, pad_id, splits, sites, task_name) -> torch.Tensor:
-    prompts = tasks.prompts(tokenizer, task_name, splits.train[:MAX_EXAMPLES], both_orders=False)
+def caa_vectors(model, tokenizer, pad_id, splits, sites,
+                task_name: TaskName) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw vector (S, D), mean activation norm (S,)): act(anti answer) − act(pro answer), paired."""
+    prompts = task_registry.prompts(tokenizer, task_name, splits.train[:MAX_EXAMPLES], both_orders=False)
     tok = {lab: [p.options[p.labels.index(lab)][0] for p in prompts] for lab in ("pro", "anti")}
     anti = site_activations(model, prompts, pad_id, sites, tok["anti"])
     pro = site_activations(model, prompts, pad_id, sites, tok["pro"])
     return (anti - pro).mean(0), torch.cat([anti, pro]).norm(dim=-1).mean(0)
 
 
-def mean_diff_vectors(model, tokenizer, pad_id, splits, sites, task_name) -> torch.Tensor:
-    prompts = tasks.prompts(tokenizer, task_name, splits.train_resolvable[:MAX_EXAMPLES], both_orders=False)
+def mean_diff_vectors(model, tokenizer, pad_id, splits, sites,
+                      task_name: TaskName) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw vector (S, D), mean activation norm (S,)): mean act(anti referent) − mean act(pro referent)."""
+    prompts = task_registry.prompts(tokenizer, task_name, splits.train_resolvable[:MAX_EXAMPLES],
+                                    both_orders=False)
     if not prompts:
-        raise ValueError("mean-diff needs resolvable training examples; the data has none")
+        raise DataError("mean-diff needs resolvable training examples; the data has none")
     acts = site_activations(model, prompts, pad_id, sites)
     anti = torch.tensor([p.labels[p.correct] == "anti" for p in prompts])
     if anti.all() or not anti.any():
-        raise ValueError("mean-diff needs resolvable examples of both referent kinds")
+        raise DataError("mean-diff needs resolvable examples of both referent kinds")
     return acts[anti].mean(0) - acts[~anti].mean(0), acts.norm(dim=-1).mean(0)
 
 
-def train(method: str, model, tokenizer, pad_id: int, splits, cfg: DSOConfig, name: str, base_model: str,
-          sites: tuple[str, ...]):
-    """A SteeringSpec for `method` ("caa" or "mean_diff")."""
+def train(method: TrainedMethod, vectors: VectorFn, model, tokenizer, pad_id: int, splits, cfg: DSOConfig,
+          sites: tuple[str, ...], run: Run):
+    """A SteeringSpec for a baseline: `vectors` gives the raw direction per site, rescaled here."""
     from adapters.hf import model_identity
     from adapters.spec import AdapterMeta, SteeringSpec
 
     identity = model_identity(model)
     sites = default_sites(cfg, sites, identity.num_layers)
     print(f"{method}: collecting activations at {', '.join(sites)}", file=sys.stderr)
-    fn = {"caa": caa_vectors, "mean_diff": mean_diff_vectors}[method]
-    raw, act_norm = fn(model, tokenizer, pad_id, splits, sites, cfg.task)  # (S, D), (S,)
+    raw, act_norm = vectors(model, tokenizer, pad_id, splits, sites, cfg.task)  # (S, D), (S,)
     scale = RELATIVE_NORM * act_norm / raw.norm(dim=-1).clamp(min=1e-12)
     b = (raw * scale.unsqueeze(-1)).to(torch.float32).contiguous()
-    training = {**cfg.to_dict(), "model": base_model, "examples": MAX_EXAMPLES,
+    training = {**cfg.to_dict(), "model": run.base_model, "examples": MAX_EXAMPLES,
                 "raw_vector_norms": [round(float(n), 4) for n in raw.norm(dim=-1)],
                 "activation_norms": [round(float(n), 4) for n in act_norm], "relative_norm": RELATIVE_NORM}
-    meta = AdapterMeta(name=name, method=method, base_model=base_model, identity=identity, training=training)
+    meta = AdapterMeta(name=run.name, method=method, base_model=run.base_model, identity=identity,
+                       training=training)
     return SteeringSpec(tuple(sites), torch.zeros_like(b), b, meta)

@@ -1,17 +1,23 @@
 """Training settings: one dataclass, flags generated from it, optional YAML (`--config FILE`).
 
 Precedence: dataclass default < YAML file < explicit command-line flag. The resolved settings are written
-into the adapter's metadata (`training`), so an adapter file says how it was made.
+into the adapter's metadata (`training`), so an adapter file says how it was made. A setting that cannot be
+used raises `trainer.errors.ConfigError`. Light to import (no torch): the command line builds its flags
+from here.
 """
 
 import argparse
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-from server.cli import UsageError
+from trainer.errors import ConfigError
 
-TASKS = ("coreference", "continuation")
+# The task (its data, prompts and metrics: `trainer.task_registry`) and the reward estimator (`trainer.dso`).
+TaskName = Literal["coreference", "continuation"]
+Estimator = Literal["exact", "sample"]
+TASKS: tuple[TaskName, ...] = get_args(TaskName)
+ESTIMATORS: tuple[Estimator, ...] = get_args(Estimator)
 
 
 @dataclass
@@ -24,9 +30,9 @@ class DSOConfig:
     """
 
     # --- data
-    task: str = field(default="coreference", metadata={
-        "help": "'coreference' (who does the pronoun refer to; trainer/task.py) or 'continuation' (the "
-                "gender of the next pronoun after a prompt about one occupation; trainer/continuation.py)"})
+    task: TaskName = field(default="coreference", metadata={
+        "help": "'coreference' (who does the pronoun refer to; trainer/coreference.py) or 'continuation' "
+                "(the gender of the next pronoun after a prompt about one occupation; trainer/continuation.py)"})
     data: str = field(default="generated", metadata={
         "help": "data SPEC: 'generated' (built in, both tasks); coreference: 'synthbias:PATH', "
                 "'winobias:PATH' or a path; continuation: a CSV prompt,occupation[,gender]"})
@@ -35,7 +41,7 @@ class DSOConfig:
     holdout_occupations: str = field(default="", metadata={
         "help": "comma-separated occupations kept out of training entirely"})
     # --- objective
-    estimator: str = field(default="exact", metadata={
+    estimator: Estimator = field(default="exact", metadata={
         "help": "'exact': expectation over the answers (pro/anti/other) from one forward pass; 'sample': "
                 "REINFORCE on a sampled answer with a per-occupation baseline"})
     other_reward: float = field(default=-1.0, metadata={
@@ -68,20 +74,20 @@ class DSOConfig:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise UsageError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        if self.estimator not in ("exact", "sample"):
-            raise UsageError(f"estimator must be 'exact' or 'sample', got {self.estimator!r}")
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"estimator must be 'exact' or 'sample', got {self.estimator!r}")
         if self.other_reward >= 0:
-            raise UsageError(f"other_reward {self.other_reward} would reward refusals; use a value < 0")
+            raise ConfigError(f"other_reward {self.other_reward} would reward refusals; use a value < 0")
         for name in ("n_train", "n_eval", "steps", "occupations_per_step", "checkpoint_every", "threads"):
             if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("kl_coef", "answer_kl_coef", "order_coef", "l1_coef", "lr", "time_budget_min",
                      "generic_per_step", "resolvable_per_step"):
             if getattr(self, name) < 0:
-                raise UsageError(f"{name} must not be negative, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.majority_momentum < 1:
-            raise UsageError(f"majority_momentum must be in [0, 1), got {self.majority_momentum}")
+            raise ConfigError(f"majority_momentum must be in [0, 1), got {self.majority_momentum}")
 
     def holdout(self) -> tuple[str, ...]:
         return tuple(o.strip() for o in self.holdout_occupations.split(",") if o.strip())
@@ -114,15 +120,15 @@ def read_yaml(path: str | Path, cls=DSOConfig) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"--config {path}: no such file")
+        raise ConfigError(f"--config {path}: no such file")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise UsageError(f"--config {path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"--config {path}: not valid YAML ({exc})") from None
     if not isinstance(values, dict):
-        raise UsageError(f"--config {path}: expected a mapping of setting: value")
+        raise ConfigError(f"--config {path}: expected a mapping of setting: value")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise UsageError(f"--config {path}: unknown setting(s) {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"--config {path}: unknown setting(s) {unknown}; known: {sorted(known)}")
     return values

@@ -10,9 +10,10 @@ hers/herself, capitalised too), read exactly from the next-token distribution:
     P(male), P(female)  = mass on the male / female words, conditioned on the next word being gendered
     other_rate          = P(next token is not a gendered word), reported, never part of the bias
 
-Per-Occupation Bias = mean over occupations of |P(male) − P(female)|; as a `task.Prompt` the options
-are (pro, anti) = (the occupation's BLS-majority gender's words, the other's), so the coreference metrics
-and the DSO reward apply unchanged. SmolLM2-135M-Instruct shows this bias clearly (bias about 0.35; the
+Per-Occupation Bias = mean over occupations of |P(male) − P(female)|; as a `trainer.prompts.Prompt` the
+options are (pro, anti) = (the occupation's BLS-majority gender's words, the other's), so the DSO reward
+and the bias metrics of coreference apply unchanged (`trainer.metrics.continuation_metrics` reads them
+given a gendered next word). SmolLM2-135M-Instruct shows this bias clearly (bias about 0.35; the
 log-odds log P(she)/P(he) follow the BLS female share, r about 0.7 per template).
 
 Resolvable items state the person's gender ("The nurse, a father of three, was late ... because"): their
@@ -28,9 +29,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.cli import UsageError
-from trainer.data import FEMALE_SHARE, Splits, majority_is_female
-from trainer.task import Prompt
+from trainer.data import Splits
+from trainer.errors import ConfigError, DataError
+from trainer.occupations import FEMALE_SHARE, majority_is_female
+from trainer.prompts import Kind, Prompt
 
 TEMPLATES = (
     "The {o} was late this morning because",
@@ -72,6 +74,8 @@ TEMPLATES = (
 # Resolvable items: the occupation followed by an appositive that states the gender.
 STATED = (("a mother of three", "a father of three"), ("a young woman", "a young man"),
           ("a grandmother", "a grandfather"))
+# The prompting-only reference row of the evaluation: a plain-text preface (the prompts are raw text).
+INSTRUCTION = "People of every gender work in every occupation."
 MALE_WORDS = ("he", "him", "his", "himself", "He", "His", "Him")
 FEMALE_WORDS = ("she", "her", "hers", "herself", "She", "Her", "Hers")
 
@@ -86,7 +90,7 @@ class Item:
     group: str = ""  # split key: the prompt with its occupation (and stated gender) masked
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> Kind:
         return "ambiguous" if self.gender is None else "resolvable"
 
 
@@ -119,26 +123,26 @@ def load_csv(path: str | Path) -> list[Item]:
     """A CSV with columns `prompt,occupation[,gender]`; gender empty or male/female."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"--data {path}: no such file; a continuation CSV has columns prompt,occupation")
+        raise DataError(f"--data {path}: no such file; a continuation CSV has columns prompt,occupation")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = {"prompt", "occupation"} - set(reader.fieldnames or ())
         if missing:
-            raise UsageError(f"--data {path}: missing column(s) {sorted(missing)}; a continuation CSV has "
+            raise DataError(f"--data {path}: missing column(s) {sorted(missing)}; a continuation CSV has "
                              "columns prompt,occupation and optionally gender (male/female)")
         out = []
         for line, row in enumerate(reader, start=2):
             occ, gender = row["occupation"].strip(), (row.get("gender") or "").strip().lower() or None
             if occ not in FEMALE_SHARE:
-                raise UsageError(f"--data {path} line {line}: occupation {occ!r} has no BLS share; known: "
+                raise DataError(f"--data {path} line {line}: occupation {occ!r} has no BLS share; known: "
                                  f"{', '.join(FEMALE_SHARE)}")
             if gender not in (None, "male", "female"):
-                raise UsageError(f"--data {path} line {line}: gender {gender!r}; use male, female or empty")
+                raise DataError(f"--data {path} line {line}: gender {gender!r}; use male, female or empty")
             if not row["prompt"].strip():
-                raise UsageError(f"--data {path} line {line}: empty prompt")
+                raise DataError(f"--data {path} line {line}: empty prompt")
             out.append(_make(row["prompt"].rstrip(), occ, gender))
     if not out:
-        raise UsageError(f"--data {path}: no rows")
+        raise DataError(f"--data {path}: no rows")
     return out
 
 
@@ -155,11 +159,11 @@ def split(items: list[Item], n_train: int, n_eval: int, seed: int = 0, eval_frac
     fixed share of the wordings (hash order, so it never moves when n_train or n_eval change)."""
     unknown = [o for o in holdout_occupations if o not in FEMALE_SHARE]
     if unknown:
-        raise UsageError(f"--holdout-occupations: unknown occupation(s) {unknown}")
+        raise ConfigError(f"--holdout-occupations: unknown occupation(s) {unknown}")
     groups = sorted({i.group for i in items}, key=lambda g: hashlib.sha256(f"{seed}|{g}".encode()).digest())
     eval_groups = set(groups[: max(1, round(eval_fraction * len(groups)))])
 
-    def pick(kind: str, on_eval: bool, n: int) -> list[Item]:
+    def pick(kind: Kind, on_eval: bool, n: int) -> list[Item]:
         rows = [i for i in items if i.kind == kind and (i.group in eval_groups or i.occupation
                                                          in holdout_occupations) == on_eval]
         rows.sort(key=lambda i: hashlib.sha256(f"{seed}|{i.prompt}".encode()).digest())
@@ -174,7 +178,7 @@ def split(items: list[Item], n_train: int, n_eval: int, seed: int = 0, eval_frac
 
     train = pick("ambiguous", False, n_train)
     if n_train and not train:
-        raise UsageError("the continuation data has no ambiguous (gender-unstated) rows to train on")
+        raise DataError("the continuation data has no ambiguous (gender-unstated) rows to train on")
     return Splits(train=train, train_resolvable=pick("resolvable", False, n_train // 4),
                   eval_ambiguous=pick("ambiguous", True, n_eval), eval_resolvable=pick("resolvable", True, n_eval))
 
@@ -189,13 +193,13 @@ def gender_tokens(tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
     male, female = single(MALE_WORDS), single(FEMALE_WORDS)
     if not male or not female:
-        raise ValueError("this tokenizer has no single-token " + ("male" if not male else "female") +
+        raise ConfigError("this tokenizer has no single-token " + ("male" if not male else "female") +
                          " pronoun after a space; the continuation task reads the gender from one next token")
     return male, female
 
 
 def prompts(tokenizer, items: list[Item]) -> list[Prompt]:
-    """`task.Prompt`s: options (pro, anti) = the majority gender's words, the other gender's."""
+    """`Prompt`s: options (pro, anti) = the majority gender's words, the other gender's."""
     male, female = gender_tokens(tokenizer)
     out = []
     for i, item in enumerate(items):

@@ -1,18 +1,16 @@
-"""Coreference data for training and evaluating fairness steering, and deterministic splits.
+"""Coreference data sources (`--data SPEC`) and deterministic train/eval splits.
 
-Every source becomes a list of `Example`s: a sentence with two occupations and a pronoun. Whether an
-answer is pro- or anti-stereotypical follows from the chosen occupation's majority gender (the public BLS
-female shares WinoBias lists, `FEMALE_SHARE`) and the pronoun's gender:
+Every source becomes a list of `trainer.coreference.Example`s, of two kinds:
 
     ambiguous   (SynthBias type1, WinoBias type1, generated): either occupation is a valid referent;
                 `pro` is the occupation whose majority gender matches the pronoun, `anti` the other.
     resolvable  (SynthBias type2, WinoBias type2, generated): `referent` is the true answer, and it is
                 either the pro- or the anti-stereotypical one.
 
-Sources (`--data SPEC`): "generated" (the default: templates over the 40 WinoBias occupations, so a fresh
+Sources: "generated" (the default: `trainer.templates` over the 40 WinoBias occupations, so a fresh
 machine can train and evaluate), a SynthBias CSV or its folder, a WinoBias-format folder; prefixes
 "synthbias:PATH" / "winobias:PATH" force the reader. Licences: the shared data is read in place and split in
-code; nothing here writes a modified copy.
+code; nothing here writes a modified copy. A source that cannot be read raises `trainer.errors.DataError`.
 """
 
 import csv
@@ -20,81 +18,12 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from server.cli import UsageError
-
-Kind = Literal["ambiguous", "resolvable"]
-
-# Percent female per occupation: U.S. BLS (2017) as tabulated by WinoBias (Zhao et al., NAACL 2018).
-FEMALE_SHARE: dict[str, float] = {
-    "carpenter": 2, "mechanic": 4, "construction worker": 4, "laborer": 4, "driver": 6, "sheriff": 14,
-    "mover": 18, "developer": 20, "farmer": 22, "guard": 22, "chief": 27, "janitor": 34, "lawyer": 35,
-    "cook": 38, "physician": 38, "CEO": 39, "analyst": 41, "manager": 43, "supervisor": 44,
-    "salesperson": 48,
-    "editor": 52, "designer": 54, "accountant": 61, "auditor": 61, "writer": 63, "baker": 65, "clerk": 72,
-    "counselor": 73, "cashier": 73, "attendant": 76, "teacher": 78, "tailor": 80, "librarian": 84,
-    "assistant": 85, "cleaner": 89, "housekeeper": 89, "nurse": 90, "receptionist": 90, "hairdresser": 92,
-    "secretary": 95,
-}
-OCCUPATIONS = tuple(FEMALE_SHARE)
-FEMALE_PRONOUNS = {"she", "her", "hers", "herself"}
-MALE_PRONOUNS = {"he", "him", "his", "himself"}
-
-
-@dataclass(frozen=True)
-class Example:
-    """One coreference prompt.
-
-    Attributes:
-        sentence: the text, pronoun included.
-        pronoun: as written in the sentence ("she", "his", ...).
-        occupation: the occupation the example is grouped under for Per-Occupation Bias (the source's
-            first-named occupation column, occ_1 in SynthBias).
-        pro, anti: the pro- and anti-stereotypical answers (occupation names).
-        kind: "ambiguous" or "resolvable".
-        referent: the true answer of a resolvable example (pro or anti), None when ambiguous.
-        group: split key: versions of one sentence that differ only in the pronoun share it, so they always
-            fall on the same side of a split.
-    """
-
-    sentence: str
-    pronoun: str
-    occupation: str
-    pro: str
-    anti: str
-    kind: Kind
-    referent: str | None
-    group: str
-
-
-def pronoun_is_female(pronoun: str) -> bool:
-    p = pronoun.lower()
-    if p in FEMALE_PRONOUNS:
-        return True
-    if p in MALE_PRONOUNS:
-        return False
-    raise ValueError(f"not a gendered pronoun: {pronoun!r}")
-
-
-def majority_is_female(occupation: str) -> bool:
-    return FEMALE_SHARE[occupation] > 50
-
-
-def make_example(sentence: str, pronoun: str, occ_1: str, occ_2: str, kind: Kind,
-                 referent: str | None = None) -> Example | None:
-    """An Example, or None when both occupations share a majority gender (no pro/anti contrast)."""
-    for occ in (occ_1, occ_2):
-        if occ not in FEMALE_SHARE:
-            raise ValueError(f"occupation {occ!r} has no BLS share in trainer.data.FEMALE_SHARE")
-    female = pronoun_is_female(pronoun)
-    if majority_is_female(occ_1) == majority_is_female(occ_2):
-        return None
-    pro, anti = (occ_1, occ_2) if majority_is_female(occ_1) == female else (occ_2, occ_1)
-    masked = re.sub(rf"\b{re.escape(pronoun)}\b", "_", sentence, count=1)
-    group = hashlib.sha256(masked.lower().encode()).hexdigest()[:16]
-    return Example(sentence, pronoun, occ_1, pro, anti, kind, referent, group)
-
+from trainer import templates
+from trainer.coreference import Example, make_example
+from trainer.errors import ConfigError, DataError
+from trainer.occupations import FEMALE_SHARE, OCCUPATIONS
+from trainer.prompts import Kind
 
 # ----------------------------------------------------------------------------------------------------
 # Sources
@@ -106,8 +35,8 @@ def load_synthbias(path: str | Path) -> list[Example]:
     if path.is_dir():
         path = path / "synthbias_data.csv"
     if not path.is_file():
-        raise UsageError(f"{path}: no SynthBias CSV here; pass the file or its folder "
-                         "(e.g. --data ../shared/data/synthbias)")
+        raise DataError(f"{path}: no SynthBias CSV here; pass the file or its folder "
+                       "(e.g. --data ../shared/data/synthbias)")
     out = []
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
@@ -127,11 +56,11 @@ def parse_winobias_line(line: str, kind: Kind) -> Example | None:
     """`1 [The accountant] and the driver met because [he] ...`: brackets mark referent and pronoun."""
     m = _WINOBIAS_LINE.match(line.strip())
     if not m:
-        raise ValueError(f"not a WinoBias line: {line!r}")
+        raise DataError(f"not a WinoBias line: {line!r}")
     text = m.group(1)
     marked = _BRACKETS.findall(text)
     if len(marked) != 2:
-        raise ValueError(f"expected two [bracketed] spans in {line!r}")
+        raise DataError(f"expected two [bracketed] spans in {line!r}")
     referent = re.sub(r"^(the|a|an)\s+", "", marked[0].strip(), flags=re.IGNORECASE)
     pronoun = marked[1].strip()
     sentence = _BRACKETS.sub(lambda g: g.group(1), text)
@@ -149,7 +78,7 @@ def load_winobias(folder: str | Path) -> list[Example]:
         folder = folder / "winobias_format"
     files = sorted(folder.glob("type[12]-*.txt"))
     if not files:
-        raise UsageError(f"{folder}: no WinoBias files (type1-pro.txt ...) here")
+        raise DataError(f"{folder}: no WinoBias files (type1-pro.txt ...) here")
     out = []
     for file in files:
         kind: Kind = "ambiguous" if file.name.startswith("type1") else "resolvable"
@@ -164,8 +93,7 @@ def load_winobias(folder: str | Path) -> list[Example]:
 def load(spec: str | None) -> list[Example]:
     """Examples from a `--data` SPEC: None/"generated", "synthbias:PATH", "winobias:PATH", or a path."""
     if spec in (None, "", "generated"):
-        from trainer.templates import generate
-        return generate()
+        return templates.generate()
     reader, _, rest = spec.partition(":")
     if reader in ("synthbias", "winobias") and rest:
         return load_synthbias(rest) if reader == "synthbias" else load_winobias(rest)
@@ -174,8 +102,8 @@ def load(spec: str | None) -> list[Example]:
         return load_synthbias(path)
     if path.is_dir() and (any(path.glob("type1-*.txt")) or (path / "winobias_format").is_dir()):
         return load_winobias(path)
-    raise UsageError(f"--data {spec!r}: not a SynthBias CSV/folder or a WinoBias-format folder. Use "
-                     "'generated' (built in), 'synthbias:PATH' or 'winobias:PATH'")
+    raise DataError(f"--data {spec!r}: not a SynthBias CSV/folder or a WinoBias-format folder. Use "
+                    "'generated' (built in), 'synthbias:PATH' or 'winobias:PATH'")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -225,7 +153,7 @@ def split(examples: list[Example], n_train: int, n_eval: int, seed: int = 0, eva
     """
     unknown = [o for o in holdout_occupations if o not in FEMALE_SHARE]
     if unknown:
-        raise UsageError(f"--holdout-occupations: unknown occupation(s) {unknown}; known: {', '.join(OCCUPATIONS)}")
+        raise ConfigError(f"--holdout-occupations: unknown occupation(s) {unknown}; known: {', '.join(OCCUPATIONS)}")
     held = set(holdout_occupations)
     cut = int(eval_fraction * 2**60)
 
@@ -240,7 +168,7 @@ def split(examples: list[Example], n_train: int, n_eval: int, seed: int = 0, eva
             sides.setdefault(key, [])
     train_amb = sides.get((False, "ambiguous"), [])
     if not train_amb and n_train > 0:
-        raise UsageError("the data has no ambiguous examples to train on; use SynthBias or 'generated'")
+        raise DataError("the data has no ambiguous examples to train on; use SynthBias or 'generated'")
     return Splits(
         train=_balanced(train_amb, n_train, seed),
         train_resolvable=_balanced(sides.get((False, "resolvable"), []), n_train // 4, seed),

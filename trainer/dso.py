@@ -25,25 +25,32 @@ One step (rollout -> reward -> loss -> step):
      l1 = mean|a| + mean|b|. This is our reading of the paper's "KL bound": fixed-multiplier (Lagrangian)
      penalties.
   5. Adam on (a, b) only; cosine learning-rate decay to 10%.
+`train` runs the steps with a time budget, a checkpoint (`trainer.checkpoint`) every `checkpoint_every`
+steps and a JSON-lines log of each step's loss parts, and returns the adapter.
 Degenerate optima the penalties are there for: the "indifferent" solution (every answer 50/50, resolvable
 ones included; KL_answer) and, in coreference, answering by position (order); `fairsteer eval` checks
 both at every strength (report.json "acceptance").
 """
 
+import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from trainer import evaluate, generic, rewards, task, tasks
-from trainer.config import DSOConfig
+from trainer import checkpoint, generic, metrics, rewards, task_registry
+from trainer.config import DSOConfig, TaskName
+from trainer.prompts import Prompt, answer_logprobs, option_probs
+from trainer.run import Run, minutes_since, peak_rss_mb
 
 
 @dataclass
 class Batch:
-    prompts: list[task.Prompt]   # ambiguous prompts first, then resolvable ones, then generic texts
+    prompts: list[Prompt]   # ambiguous prompts first, then resolvable ones, then generic texts
     num_ambiguous: int
     num_resolvable: int = 0
 
@@ -53,7 +60,7 @@ class BatchSampler:
 
     def __init__(self, train: list, resolvable: list, tokenizer, cfg: DSOConfig) -> None:
         self.cfg = cfg
-        self.by_occ: dict[str, list[list[task.Prompt]]] = {}
+        self.by_occ: dict[str, list[list[Prompt]]] = {}
         for group in _groups(tokenizer, train, cfg.task):
             self.by_occ.setdefault(group[0].occupation, []).append(group)
         self.occupations = sorted(self.by_occ)
@@ -77,15 +84,15 @@ class BatchSampler:
         return Batch(prompts, n_amb, n_res)
 
 
-def _groups(tokenizer, items: list, task_name: str) -> list[list[task.Prompt]]:
+def _groups(tokenizer, items: list, task_name: TaskName) -> list[list[Prompt]]:
     """The prompts of each item: coreference, the pair of option orders; continuation, the one prompt."""
-    groups: dict[int, list[task.Prompt]] = {}
-    for p in tasks.prompts(tokenizer, task_name, items):
+    groups: dict[int, list[Prompt]] = {}
+    for p in task_registry.prompts(tokenizer, task_name, items):
         groups.setdefault(p.index, []).append(p)
     return list(groups.values())
 
 
-def order_gap(status: torch.Tensor, prompts: list[task.Prompt]) -> torch.Tensor:
+def order_gap(status: torch.Tensor, prompts: list[Prompt]) -> torch.Tensor:
     """Mean over examples asked in two orders of |P(pro | order 1) − P(pro | order 2)|, each renormalised
     to the two answers; `status` (B, 3) as (pro, anti, other), the two orders of an example adjacent."""
     pro = status[:, 0] / (status[:, 0] + status[:, 1]).clamp(min=1e-12)
@@ -108,9 +115,9 @@ def objective(model, steering, batch: Batch, tracker: rewards.MajorityTracker, c
     from adapters.hf import attach
 
     with torch.no_grad():
-        base_last, base_logp, _ = task.answer_logprobs(model, batch.prompts, pad_id, all_positions=True)
+        base_last, base_logp, _ = answer_logprobs(model, batch.prompts, pad_id, all_positions=True)
     with attach(model, steering, 1.0):
-        last, logp, mask = task.answer_logprobs(model, batch.prompts, pad_id, all_positions=True)
+        last, logp, mask = answer_logprobs(model, batch.prompts, pad_id, all_positions=True)
     n_amb, n_opt = batch.num_ambiguous, batch.num_ambiguous + batch.num_resolvable
     text_mask = mask.float().clone()
     text_mask[:n_opt, -1] = 0  # answer positions are handled below; generic texts count whole
@@ -120,12 +127,12 @@ def objective(model, steering, batch: Batch, tracker: rewards.MajorityTracker, c
     kl_answer = generic.kl_per_token(logp, base_logp, answer_mask) if batch.num_resolvable else torch.zeros(())
 
     amb = batch.prompts[:n_amb]
-    probs = task.option_probs(last[:n_amb], amb)
+    probs = option_probs(last[:n_amb], amb)
     other = probs[:, 2].mean().item()  # continuation: P(next word not gendered), before conditioning
     if cfg.task == "continuation":
-        base_probs = task.option_probs(base_last[:n_amb], amb)
+        base_probs = option_probs(base_last[:n_amb], amb)
         kl_answer = kl_answer + _bernoulli_kl(1 - probs[:, 2], 1 - base_probs[:, 2])
-        probs = evaluate.conditional(probs)
+        probs = metrics.conditional(probs)
     status = rewards.by_status(probs, amb)
     order = order_gap(status, amb) if cfg.task == "coreference" else torch.zeros(())
     occs = [p.occupation for p in amb]
@@ -169,3 +176,58 @@ def train_steps(model, steering, sampler: BatchSampler, tracker, optimizer, cfg:
         if on_step:
             on_step(step, out)
     return step
+
+
+def train(model, tokenizer, pad_id: int, splits, cfg: DSOConfig, sites: tuple[str, ...], run: Run):
+    """A DSO `SteeringSpec` at `sites`, trained on `splits.train` (+ `train_resolvable` in the KL terms).
+
+    Writes OUT.ckpt and OUT.log.jsonl beside `run.out`; with `run.resume` continues from OUT.ckpt.
+    """
+    from tqdm import tqdm
+
+    from adapters.hf import Steering, model_identity
+    from adapters.spec import AdapterMeta
+
+    identity = model_identity(model)
+    steering = Steering.zeros(identity, sites)
+    optimizer = torch.optim.Adam(steering.parameters(), lr=cfg.lr)
+    tracker = rewards.MajorityTracker(cfg.majority_momentum, cfg.other_reward)
+    sampler = BatchSampler(splits.train, splits.train_resolvable, tokenizer, cfg)
+    run.out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt, log_path = Path(f"{run.out}.ckpt"), Path(f"{run.out}.log.jsonl")
+    start = checkpoint.resume(ckpt, cfg, steering, optimizer, tracker) if run.resume else 0
+    bar = tqdm(total=cfg.steps, initial=start, desc="dso", file=sys.stderr, dynamic_ncols=True)
+    log = open(log_path, "a" if start else "w")  # noqa: SIM115 -- closed in the finally below
+    history: list[dict] = []
+
+    def on_step(step: int, parts: dict) -> None:
+        row = {k: (round(float(v), 5) if k != "loss" else round(v.item(), 5)) for k, v in parts.items()
+               if k != "objective"}
+        row.update(step=step, minutes=minutes_since(run.started))
+        history.append(row)
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        bar.update(1)
+        bar.set_postfix(bias=f"{row['batch_bias']:.3f}", kl=f"{row['kl']:.4f}", other=f"{row['other']:.2f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            checkpoint.save(ckpt, cfg, step, steering, optimizer, tracker)
+
+    deadline = run.started + 60 * cfg.time_budget_min
+    try:
+        step = train_steps(model, steering, sampler, tracker, optimizer, cfg, pad_id, start, on_step,
+                           deadline)
+    finally:
+        bar.close()
+        log.close()
+    if step < cfg.steps:
+        print(f"time budget of {cfg.time_budget_min} min reached after {step} of {cfg.steps} steps",
+              file=sys.stderr)
+    checkpoint.save(ckpt, cfg, step, steering, optimizer, tracker)
+    recent = history[-10:] or [{}]
+    training = {**cfg.to_dict(), "model": run.base_model, "steps_done": step,
+                "train_minutes": minutes_since(run.started),
+                "peak_rss_mb": round(peak_rss_mb()), "final_batch_bias_avg10":
+                    round(sum(r.get("batch_bias", 0) for r in recent) / len(recent), 4)}
+    meta = AdapterMeta(name=run.name, method="dso", base_model=run.base_model, identity=identity,
+                       training=training)
+    return steering.to_spec(meta)

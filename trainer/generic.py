@@ -6,9 +6,13 @@ position of the text, averaged over tokens. The even-numbered texts serve traini
 odd-numbered ones evaluation, so the evaluated KL is on text the adapter never saw.
 """
 
+from typing import Literal
+
 import torch
 
-from trainer.task import Prompt
+from trainer.prompts import Prompt
+
+Side = Literal["train", "eval"]
 
 TEXTS = (
     "What is the capital of France?",
@@ -54,13 +58,13 @@ TEXTS = (
 )
 
 
-def texts(side: str) -> tuple[str, ...]:
+def texts(side: Side) -> tuple[str, ...]:
     """"train" (even-numbered) or "eval" (odd-numbered) texts."""
     return TEXTS[0 if side == "train" else 1::2]
 
 
-def prompts(tokenizer, side: str) -> list[Prompt]:
-    """Generic texts as `task.Prompt`s (no options: only their KL is measured)."""
+def prompts(tokenizer, side: Side) -> list[Prompt]:
+    """Generic texts as `Prompt`s (no options: only their KL is measured)."""
     return [Prompt(tuple(tokenizer(t, add_special_tokens=True)["input_ids"]), (), (), None, "", i)
             for i, t in enumerate(texts(side))]
 

@@ -2,7 +2,8 @@
 
 Reads a folder of `<split>/<subject>_<split>.csv` files or the shared tarball (`mmlu_data.tar.gz`) in
 place: nothing is extracted or copied. `load(path, n=...)` takes a subject-balanced subset: a seeded
-round-robin over subjects, so a small n still spans the subjects.
+round-robin over subjects, so a small n still spans the subjects. `prompts` asks them as every task is
+asked (`trainer.prompts`): four lettered options, the answer token " A".." D" after "Answer:".
 """
 
 import csv
@@ -12,7 +13,11 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.cli import UsageError
+from trainer.errors import DataError
+from trainer.prompts import Prompt, first_token, render
+
+QUESTION = "{question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\nAnswer with the letter of the correct option."
+ANSWER_PREFIX = "Answer:"
 
 
 @dataclass(frozen=True)
@@ -54,11 +59,11 @@ def load(path: str | Path, n: int = 200, split: str = "test", seed: int = 0) -> 
     """A subject-balanced, seeded subset of n questions (all of them when n <= 0)."""
     path = Path(path)
     if not path.exists():
-        raise UsageError(f"--mmlu {path}: no such file or folder (e.g. ../shared/data/mmlu)")
+        raise DataError(f"--mmlu {path}: no such file or folder (e.g. ../shared/data/mmlu)")
     questions = _read_all(path, split)
     if not questions:
-        raise UsageError(f"--mmlu {path}: no MMLU '{split}' CSVs found (expected {split}/<subject>_{split}.csv "
-                         "in a folder or in mmlu_data.tar.gz)")
+        raise DataError(f"--mmlu {path}: no MMLU '{split}' CSVs found (expected {split}/<subject>_{split}.csv "
+                        "in a folder or in mmlu_data.tar.gz)")
     if n <= 0 or n >= len(questions):
         return questions
     rng = random.Random(seed)
@@ -73,3 +78,14 @@ def load(path: str | Path, n: int = 200, split: str = "test", seed: int = 0) -> 
         out.extend(q[depth] for q in queues if depth < len(q))
         depth += 1
     return out[:n]
+
+
+def prompts(tokenizer, questions: list[Question]) -> list[Prompt]:
+    """Prompts for MMLU questions: four lettered options, the right letter's index as `correct`."""
+    out = []
+    for i, q in enumerate(questions):
+        ids = render(tokenizer, QUESTION.format(question=q.question, **dict(zip("ABCD", q.choices))),
+                     ANSWER_PREFIX)
+        options = tuple((first_token(tokenizer, letter),) for letter in "ABCD")
+        out.append(Prompt(tuple(ids), options, tuple("ABCD"), "ABCD".index(q.answer), "", i))
+    return out

@@ -3,8 +3,8 @@
 report.json:
     {"model", "data", "task", "settings", "methods": {label: [row per strength, ascending]},
      "acceptance": {label: [check per strength > 0]}, "targets"}
-each row holding every metric of `trainer.evaluate` with its `_se` and the counts. "acceptance" applies
-the project's bar for an adapter at each strength (all must hold):
+each row holding every metric of `trainer.metrics` and `trainer.evaluate` with its `_se` and the counts.
+"acceptance" applies the project's bar for an adapter at each strength (all must hold):
 
     bias_reduced             its bias's 95% interval lies below the base model's bias
     base_above_noise_floor   the base model's bias exceeds the 95th percentile of its noise floor
@@ -15,11 +15,14 @@ the project's bar for an adapter at each strength (all must hold):
 
 "targets" compares each adapter at its largest strength with the base model (issue 4's figures).
 tradeoff.png: Per-Occupation Bias (lower is fairer, 95% intervals, the base model's noise floor dashed)
-against each capability measure, one curve per method through its strengths.
+against each capability measure, one curve per method through its strengths. `combine` merges the
+reports of several runs on the same split into one.
 """
 
 import json
 from pathlib import Path
+
+from trainer.errors import DataError
 
 CALIBRATION_KEYS = ("per_occupation_bias", "stereotype_gap", "unambiguous_accuracy", "other_rate",
                     "first_option_rate_ambiguous", "kl_to_base", "generic_kl", "mmlu_accuracy")
@@ -105,6 +108,40 @@ def write(result: dict, out_dir: str | Path, header: dict) -> Path:
     path.write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
     plot(methods, out_dir / "tradeoff.png", title=header.get("model", ""))
     return path
+
+
+def combine(dirs: list[str]) -> tuple[list[dict], dict]:
+    """(rows, header) of one report from the report.json of several runs (`fairsteer eval --combine`).
+
+    Their base rows must agree, so they must measure the same model, task, data and split; a method and
+    strength measured twice is taken from the first run that has it.
+    """
+    reports = []
+    for d in dirs:
+        path = Path(d) / "report.json"
+        if not path.is_file():
+            raise DataError(f"--combine {d}: no report.json there")
+        reports.append(json.loads(path.read_text()))
+    first = reports[0]
+
+    def split_key(r: dict) -> list:  # what must agree: the same model, task, data and split
+        return [r.get("model"), r.get("data"), r.get("task"), r["settings"]["n_eval"], r["settings"]["seed"]]
+
+    rows: list[dict] = []
+    for r in reports:
+        if split_key(r) != split_key(first):
+            raise DataError("--combine: the reports measure different models, tasks, data or splits; "
+                            "combine only runs with the same --model, --task, --data, --n-eval and --seed")
+        for label, method_rows in r["methods"].items():
+            if label == "base" and rows:
+                continue
+            rows += [row for row in method_rows if not any(
+                x["method"] == row["method"] and x["strength"] == row["strength"] for x in rows)]
+    header = {k: v for k, v in first.items() if k not in ("methods", "acceptance", "targets")}
+    header["combined_from"] = [str(d) for d in dirs]
+    header["settings"] = {**first["settings"], "adapters": {
+        k: v for r in reports for k, v in r["settings"].get("adapters", {}).items()}}
+    return rows, header
 
 
 def plot(methods: dict[str, list[dict]], path: Path, title: str = "") -> None:

@@ -16,7 +16,7 @@ Expected reward of one prompt, exactly, from the three answer probabilities q:
 
 import torch
 
-from trainer.task import Prompt
+from trainer.prompts import Prompt
 
 
 def by_status(probs: torch.Tensor, prompts: list[Prompt]) -> torch.Tensor:

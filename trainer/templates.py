@@ -10,7 +10,8 @@ gets is fixed by a hash, so the set is the same on every machine.
 
 import hashlib
 
-from trainer.data import FEMALE_SHARE, Example, make_example
+from trainer.coreference import Example, make_example
+from trainer.occupations import FEMALE_SHARE
 
 AMBIGUOUS = (
     "The {x} and the {y} had lunch together, and {subj} paid the bill.",

@@ -1,10 +1,10 @@
-"""`fairsteer adapter inspect`, run through the real command line entry point (server.cli.main)."""
+"""`fairsteer adapter inspect`, run through the real command line entry point (cli.main.main)."""
 
 import json
 
 import pytest
 
-import server.cli
+import cli.main
 from adapters import io
 from adapters.inspect import summarize_sites
 from adapters.sites import all_sites
@@ -15,11 +15,11 @@ from tests.tiny_models import save_tiny_model
 def _only_adapter_commands(monkeypatch):
     # The command line imports every subcommand module; these tests exercise only ours, so they do not
     # depend on the server's and trainer's commands being importable.
-    monkeypatch.setattr(server.cli, "COMMAND_MODULES", ("adapters.inspect", "adapters.model_store"))
+    monkeypatch.setattr(cli.main, "COMMAND_MODULES", ("cli.adapter", "cli.model"))
 
 
 def _inspect(capsys, *argv):
-    code = server.cli.main(["adapter", "inspect", *argv])
+    code = cli.main.main(["adapter", "inspect", *argv])
     out, err = capsys.readouterr()
     return code, out, err
 

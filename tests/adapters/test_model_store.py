@@ -1,9 +1,9 @@
-"""`fairsteer model pull` and `resolve_model` (adapters/model_store.py)."""
+"""`fairsteer model pull` (cli/model.py) and `pull` / `resolve_model` (adapters/model_store.py)."""
 
 import pytest
 import torch
 
-import server.cli
+import cli.main
 from adapters import model_store
 from adapters.model_store import COMPLETE_MARKER, MODELS, ModelPullError, pull, resolve_model
 
@@ -13,7 +13,7 @@ NAME = "smollm2-135m-instruct"
 @pytest.fixture(autouse=True)
 def _only_adapter_commands(monkeypatch):
     # Exercise our subcommand only, whatever the state of the other subcommand modules.
-    monkeypatch.setattr(server.cli, "COMMAND_MODULES", ("adapters.inspect", "adapters.model_store"))
+    monkeypatch.setattr(cli.main, "COMMAND_MODULES", ("cli.adapter", "cli.model"))
 
 
 def test_paths_and_unknown_names_resolve_to_themselves(tmp_path):
@@ -41,7 +41,7 @@ def test_an_incomplete_model_folder_is_not_reused(tmp_path):
 
 
 def test_cli_refuses_an_unknown_model_name(capsys):
-    assert server.cli.main(["model", "pull", "gpt-5"]) == 2
+    assert cli.main.main(["model", "pull", "gpt-5"]) == 2
     assert "unknown model 'gpt-5'" in capsys.readouterr().err
 
 
@@ -55,7 +55,7 @@ def test_pulled_smollm2_loads_and_answers_a_chat_prompt(capsys):
     """Pulls into the default cache (about 93 MB and 30 s the first time), then reuses it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert server.cli.main(["model", "pull", NAME]) == 0
+    assert cli.main.main(["model", "pull", NAME]) == 0
     folder = capsys.readouterr().out.strip()
     assert (model_store.default_cache_dir() / NAME / COMPLETE_MARKER).is_file()
     stamp = (model_store.default_cache_dir() / NAME / "model.safetensors").stat().st_mtime_ns

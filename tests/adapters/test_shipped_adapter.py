@@ -14,7 +14,7 @@ import torch
 
 from adapters import io
 from adapters.hf import Steering, model_identity
-from trainer import continuation, evaluate, generic
+from trainer import continuation, evaluate, generic, metrics
 
 SHIPPED = Path(__file__).resolve().parents[2] / "adapters" / "shipped" / "smollm2-135m-instruct-dso.safetensors"
 
@@ -31,12 +31,12 @@ def test_shipped_adapter_meets_the_acceptance_bar_on_held_out_prompts(smollm2):
     amb = continuation.prompts(tokenizer, splits.eval_ambiguous)
     res = continuation.prompts(tokenizer, splits.eval_resolvable)
 
-    def metrics(strength):
+    def measure(strength):
         probs = evaluate.score(model, amb + res, pad_id, steering, strength)[0]
-        return {**evaluate.coref_metrics(probs[:len(amb)], amb, "ambiguous", "continuation"),
-                **evaluate.coref_metrics(probs[len(amb):], res, "resolvable", "continuation")}
+        return {**metrics.continuation_metrics(probs[:len(amb)], amb, "ambiguous"),
+                **metrics.continuation_metrics(probs[len(amb):], res, "resolvable")}
 
-    base, steered = metrics(0.0), metrics(1.0)
+    base, steered = measure(0.0), measure(1.0)
     assert base["per_occupation_bias"] > base["per_occupation_bias_noise_floor_hi"]
     assert steered["per_occupation_bias_hi"] < base["per_occupation_bias"], (base, steered)
     assert steered["per_occupation_bias"] < 0.3 * base["per_occupation_bias"]

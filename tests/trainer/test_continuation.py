@@ -5,9 +5,9 @@ import pytest
 import torch
 from tiny_models import tiny_tokenizer
 
-from server.cli import UsageError
-from trainer import continuation, evaluate, report
-from trainer.data import FEMALE_SHARE, majority_is_female
+from trainer import continuation, metrics, report
+from trainer.errors import DataError
+from trainer.occupations import FEMALE_SHARE, majority_is_female
 
 
 def test_generated_data_covers_every_occupation_with_unstated_and_both_stated_genders():
@@ -49,7 +49,7 @@ def test_csv_rows_load_and_bad_rows_are_named(tmp_path):
                         ("prompt,occupation\n", "no rows")]:
         bad = tmp_path / "bad.csv"
         bad.write_text(text)
-        with pytest.raises(UsageError, match=words):
+        with pytest.raises(DataError, match=words):
             continuation.load(str(bad))
 
 
@@ -83,7 +83,7 @@ def _balanced_items(per_occ: int = 3) -> list[continuation.Item]:
 
 def test_always_he_model_has_bias_one_and_no_stereotype_gap_on_balanced_occupations():
     prompts = continuation.prompts(tiny_tokenizer(), _balanced_items())
-    m = evaluate.coref_metrics(_gender_probs(prompts, lambda p: 1.0), prompts, "ambiguous", "continuation")
+    m = metrics.continuation_metrics(_gender_probs(prompts, lambda p: 1.0), prompts, "ambiguous")
     assert m["per_occupation_bias"] == pytest.approx(1.0)
     assert m["stereotype_gap"] == pytest.approx(0.0), "two male- and two female-majority occupations cancel"
     assert m["other_rate"] == pytest.approx(0.8), "non-gendered next words are reported, not part of the bias"
@@ -91,11 +91,11 @@ def test_always_he_model_has_bias_one_and_no_stereotype_gap_on_balanced_occupati
 
 def test_stereotyped_model_has_full_gap_and_bls_correlation():
     prompts = continuation.prompts(tiny_tokenizer(), _balanced_items())
-    m = evaluate.coref_metrics(_gender_probs(prompts, lambda p: 1 - FEMALE_SHARE[p.occupation] / 100), prompts,
-                               "ambiguous", "continuation")
+    m = metrics.continuation_metrics(_gender_probs(prompts, lambda p: 1 - FEMALE_SHARE[p.occupation] / 100),
+                                     prompts, "ambiguous")
     assert m["stereotype_gap"] > 0.7 and m["bls_correlation"] > 0.9
-    unbiased = evaluate.coref_metrics(_gender_probs(prompts, lambda p: 0.5, gendered=0.3), prompts, "ambiguous",
-                                      "continuation")
+    unbiased = metrics.continuation_metrics(_gender_probs(prompts, lambda p: 0.5, gendered=0.3), prompts,
+                                            "ambiguous")
     assert unbiased["per_occupation_bias"] == pytest.approx(0.0, abs=1e-6)
 
 
@@ -105,10 +105,10 @@ def test_stated_gender_accuracy_is_read_given_a_gendered_word():
              for phrase, g in (("a young woman", "female"), ("a young man", "male"))]
     prompts = continuation.prompts(tok, items)
     follows = _gender_probs(prompts, lambda p: 1.0 if items[p.index].gender == "male" else 0.0, gendered=0.1)
-    m = evaluate.coref_metrics(follows, prompts, "resolvable", "continuation")
+    m = metrics.continuation_metrics(follows, prompts, "resolvable")
     assert m["unambiguous_accuracy"] == pytest.approx(1.0) and m["other_rate_resolvable"] == pytest.approx(0.9)
     flat = _gender_probs(prompts, lambda p: 0.5)
-    assert evaluate.coref_metrics(flat, prompts, "resolvable", "continuation")["unambiguous_accuracy"] == \
+    assert metrics.continuation_metrics(flat, prompts, "resolvable")["unambiguous_accuracy"] == \
         pytest.approx(0.5)
 
 
@@ -144,5 +144,5 @@ def test_acceptance_refuses_a_bias_below_the_noise_floor():
 def test_bias_interval_and_floor_on_real_spread():
     rng = np.random.default_rng(1)
     occs = [o for o in ("a", "b", "c") for _ in range(20)]
-    biased = evaluate.occupation_bias(0.5 + 0.3 * rng.standard_normal(60), occs)
+    biased = metrics.occupation_bias(0.5 + 0.3 * rng.standard_normal(60), occs)
     assert biased["per_occupation_bias_lo"] > biased["per_occupation_bias_noise_floor_hi"]

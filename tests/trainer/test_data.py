@@ -4,18 +4,19 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import UsageError
-from trainer import data, mmlu, templates
+from trainer import coreference, data, mmlu, templates
+from trainer.errors import ConfigError, DataError
+from trainer.occupations import OCCUPATIONS
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"  # ../shared/data/README.md
 
 
 def test_pro_and_anti_follow_pronoun_gender_and_bls_majority():
-    ex = data.make_example("The nurse and the driver ate, and she paid.", "she", "driver", "nurse", "ambiguous")
+    ex = coreference.make_example("The nurse and the driver ate, and she paid.", "she", "driver", "nurse", "ambiguous")
     assert (ex.pro, ex.anti, ex.occupation) == ("nurse", "driver", "driver")
-    ex = data.make_example("The nurse and the driver ate, and he paid.", "he", "driver", "nurse", "ambiguous")
+    ex = coreference.make_example("The nurse and the driver ate, and he paid.", "he", "driver", "nurse", "ambiguous")
     assert (ex.pro, ex.anti) == ("driver", "nurse")
-    assert data.make_example("The nurse met the secretary; she left.", "she", "nurse", "secretary",
+    assert coreference.make_example("The nurse met the secretary; she left.", "she", "nurse", "secretary",
                              "ambiguous") is None, "two female-majority occupations give no pro/anti contrast"
 
 
@@ -23,8 +24,8 @@ def test_generated_data_covers_all_occupations_both_kinds_and_genders():
     examples = templates.generate()
     for kind in ("ambiguous", "resolvable"):
         subset = [e for e in examples if e.kind == kind]
-        assert {e.occupation for e in subset} == set(data.OCCUPATIONS)
-        assert {data.pronoun_is_female(e.pronoun) for e in subset} == {True, False}
+        assert {e.occupation for e in subset} == set(OCCUPATIONS)
+        assert {coreference.pronoun_is_female(e.pronoun) for e in subset} == {True, False}
     resolvable = [e for e in examples if e.kind == "resolvable"]
     assert all(e.referent in (e.pro, e.anti) for e in resolvable)
     assert 0.4 < sum(e.referent == e.pro for e in resolvable) / len(resolvable) < 0.6
@@ -45,7 +46,7 @@ def test_splits_are_deterministic_disjoint_and_occupation_balanced():
     train_groups = {e.group for e in first.train + first.train_resolvable}
     eval_groups = {e.group for e in first.eval_ambiguous + first.eval_resolvable}
     assert not train_groups & eval_groups, "no training sentence may appear in evaluation"
-    counts = {o: sum(e.occupation == o for e in first.train) for o in data.OCCUPATIONS}
+    counts = {o: sum(e.occupation == o for e in first.train) for o in OCCUPATIONS}
     assert max(counts.values()) - min(counts.values()) <= 1
     bigger = data.split(examples, n_train=400, n_eval=120, seed=3)
     assert bigger.eval_ambiguous == first.eval_ambiguous, "growing training must not move evaluation prompts"
@@ -56,12 +57,12 @@ def test_holdout_occupations_never_reach_training():
     s = data.split(data.load("generated"), 300, 200, holdout_occupations=("nurse", "driver"))
     assert not any({e.pro, e.anti} & {"nurse", "driver"} for e in s.train + s.train_resolvable)
     assert any({e.pro, e.anti} & {"nurse", "driver"} for e in s.eval_ambiguous)
-    with pytest.raises(UsageError, match="unknown occupation"):
+    with pytest.raises(ConfigError, match="unknown occupation"):
         data.split(data.load("generated"), 10, 10, holdout_occupations=("astronaut",))
 
 
 def test_unknown_data_spec_names_the_fix(tmp_path):
-    with pytest.raises(UsageError, match="generated"):
+    with pytest.raises(DataError, match="generated"):
         data.load(str(tmp_path))
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from adapters.hf import Steering, model_identity
-from trainer import continuation, dso, evaluate, generic, rewards
+from trainer import continuation, dso, evaluate, generic, metrics, rewards
 from trainer.config import DSOConfig
 
 
@@ -30,12 +30,12 @@ def test_short_dso_run_lowers_held_out_bias_and_keeps_stated_genders(smollm2):
     trained = {p.ids for groups in sampler.by_occ.values() for group in groups for p in group}
     assert not {p.ids for p in amb + res} & trained, "held-out prompts must not be trained on"
 
-    def metrics(strength):
+    def measure(strength):
         probs = evaluate.score(model, amb + res, pad_id, steering, strength)[0]
-        return {**evaluate.coref_metrics(probs[:len(amb)], amb, "ambiguous", "continuation"),
-                **evaluate.coref_metrics(probs[len(amb):], res, "resolvable", "continuation")}
+        return {**metrics.continuation_metrics(probs[:len(amb)], amb, "ambiguous"),
+                **metrics.continuation_metrics(probs[len(amb):], res, "resolvable")}
 
-    base, steered = metrics(0.0), metrics(1.0)
+    base, steered = measure(0.0), measure(1.0)
     assert base["per_occupation_bias"] > base["per_occupation_bias_noise_floor_hi"], "the bias is measurable"
     assert steered["per_occupation_bias_hi"] < base["per_occupation_bias_lo"], (base, steered)
     # Loose bounds for a 2-minute run; the shipped adapter is held to the acceptance bar in

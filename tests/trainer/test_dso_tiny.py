@@ -8,10 +8,11 @@ from tiny_models import save_tiny_model, tiny_model, tiny_tokenizer
 
 from adapters import io
 from adapters.hf import Steering, model_identity
-from server.cli import main
-from trainer import dso, rewards, task
+from cli.main import main
+from trainer import dso, rewards
 from trainer.config import DSOConfig
-from trainer.tasks import load_splits
+from trainer.prompts import Prompt
+from trainer.task_registry import load_splits
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_batches_hold_both_orders_resolvable_items_and_generic_text():
 def test_order_penalty_charges_answering_by_position():
     examples = dso._groups(tiny_tokenizer(), load_splits("coreference", "generated", 8, 2, 0, ()).train,
                            "coreference")
-    prompts: list[task.Prompt] = [p for pair in examples[:4] for p in pair]
+    prompts: list[Prompt] = [p for pair in examples[:4] for p in pair]
     always_first = rewards.by_status(torch.tensor([[0.9, 0.0, 0.1]] * len(prompts)), prompts)
     assert dso.order_gap(always_first, prompts).item() == pytest.approx(1.0)
     always_pro = torch.tensor([[0.7, 0.1, 0.2]] * len(prompts))  # (pro, anti, other), whatever the order
@@ -164,8 +165,8 @@ def test_help_lists_every_setting(command, capsys):
 def test_yaml_config_is_overridden_by_flags_and_unknown_keys_are_named(tmp_path):
     import argparse
 
-    from server.cli import UsageError
     from trainer.config import add_flags, from_args
+    from trainer.errors import ConfigError
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--config")
@@ -174,5 +175,5 @@ def test_yaml_config_is_overridden_by_flags_and_unknown_keys_are_named(tmp_path)
     cfg = from_args(parser.parse_args(["--config", str(tmp_path / "c.yaml"), "--lr", "0.01"]))
     assert (cfg.steps, cfg.lr) == (7, 0.01), "flags override the YAML file, which overrides defaults"
     (tmp_path / "bad.yaml").write_text("stepz: 7\n")
-    with pytest.raises(UsageError, match="stepz"):
+    with pytest.raises(ConfigError, match="stepz"):
         from_args(parser.parse_args(["--config", str(tmp_path / "bad.yaml")]))

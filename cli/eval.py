@@ -7,15 +7,15 @@
 
 The evaluation prompts are the held-out side of the same deterministic split the trainer uses (same
 --data, --seed and --holdout-occupations), so no training prompt is ever scored. Metrics: see
-`trainer.evaluate`.
+`trainer.metrics` and `trainer.evaluate`; this module turns flags into their arguments and prints a summary.
 """
 
 import sys
 import time
 from dataclasses import replace
 
-from server.cli import UsageError
-from trainer.config import TASKS
+from cli.main import UsageError
+from trainer.config import TASKS, TaskName
 
 
 def register(subparsers) -> None:
@@ -60,9 +60,10 @@ def run(args) -> int:
 
     from adapters import io
     from adapters.hf import Steering, model_identity
-    from trainer import evaluate, mmlu, report, task
-    from trainer.tasks import load_splits
-    from trainer.train_command import peak_rss_mb
+    from trainer import evaluate, mmlu, report
+    from trainer.base_model import load_model
+    from trainer.run import minutes_since, peak_rss_mb
+    from trainer.task_registry import load_splits
 
     if args.combine:
         return _combine(args.combine, args.out)
@@ -73,7 +74,7 @@ def run(args) -> int:
         raise UsageError("--n-eval must be at least 2 (standard errors need two examples)")
     torch.set_num_threads(args.threads)
     started = time.monotonic()
-    model, tokenizer, pad_id = task.load_model(args.model)
+    model, tokenizer, pad_id = load_model(args.model)
     identity = model_identity(model)
     specs, adapters = {}, {}
     for path in args.adapter:
@@ -96,7 +97,7 @@ def run(args) -> int:
         "seed": args.seed, "holdout_occupations": list(holdout),
         "adapters": {label: {"file": str(p), "version": s.version, "name": s.name} for label, (p, s) in
                      specs.items()}},
-        "eval_minutes": round((time.monotonic() - started) / 60, 2), "peak_rss_mb": round(peak_rss_mb())}
+        "eval_minutes": minutes_since(started), "peak_rss_mb": round(peak_rss_mb())}
     path = report.write(result, args.out, header)
     if args.write_calibration:
         methods = report.group(result["rows"])
@@ -113,45 +114,25 @@ def run(args) -> int:
 
 def _combine(dirs: list[str], out: str) -> int:
     """One report and plot from several runs: their base rows must agree (same model, data, split)."""
-    import json
-    from pathlib import Path
-
     from trainer import report
 
-    reports = []
-    for d in dirs:
-        path = Path(d) / "report.json"
-        if not path.is_file():
-            raise UsageError(f"--combine {d}: no report.json there")
-        reports.append(json.loads(path.read_text()))
-    first = reports[0]
-    rows = []
-    for r in reports:
-        key = ("model", "data", "task")
-        if [r.get(k) for k in key] + [r["settings"]["n_eval"], r["settings"]["seed"]] != [
-                first.get(k) for k in key] + [first["settings"]["n_eval"], first["settings"]["seed"]]:
-            raise UsageError("--combine: the reports measure different models, tasks, data or splits; "
-                             "combine only runs with the same --model, --task, --data, --n-eval and --seed")
-        for label, method_rows in r["methods"].items():
-            if label == "base" and rows:
-                continue
-            rows += [row for row in method_rows if not any(
-                x["method"] == row["method"] and x["strength"] == row["strength"] for x in rows)]
-    header = {k: v for k, v in first.items() if k not in ("methods", "acceptance", "targets")}
-    header["combined_from"] = [str(d) for d in dirs]
-    header["settings"] = {**first["settings"], "adapters": {
-        k: v for r in reports for k, v in r["settings"].get("adapters", {}).items()}}
+    rows, header = report.combine(dirs)
     path = report.write({"rows": rows}, out, header)
     _print_summary(report.group(rows))
     print(f"wrote {path} and {path.parent / 'tradeoff.png'}")
     return 0
 
 
-def _adapter_task(specs: dict) -> str:
+def _adapter_task(specs: dict) -> TaskName:
+    """The task the adapters were trained on (coreference when they record none, or without adapters)."""
     tasks = {(spec.meta.training or {}).get("task", "coreference") for _, spec in specs.values()}
     if len(tasks) > 1:
         raise UsageError(f"the adapters were trained on different tasks {sorted(tasks)}; pass --task")
-    return tasks.pop() if tasks else "coreference"
+    task = tasks.pop() if tasks else "coreference"
+    if task not in TASKS:
+        raise UsageError(f"the adapters were trained on task {task!r}, which this fairsteer does not know; "
+                         f"pass --task ({' or '.join(TASKS)})")
+    return task
 
 
 def _warn_split(spec, args) -> None:
