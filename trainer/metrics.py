@@ -107,6 +107,7 @@ def _greedy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def mean_se(values: np.ndarray) -> tuple[float, float]:
+    """(mean, standard error) of per-example values; nan where undefined (no values; the SE of one)."""
     n = len(values)
     if n == 0:
         return float("nan"), float("nan")
