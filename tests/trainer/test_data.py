@@ -1,14 +1,11 @@
 """Data: loaders, pro/anti labels from the BLS table, deterministic disjoint splits, MMLU subsets."""
 
-from pathlib import Path
-
 import pytest
+from shared_data import SHARED, needs_shared_data
 
 from trainer import coreference, data, mmlu, templates
 from trainer.errors import ConfigError, DataError
 from trainer.occupations import OCCUPATIONS
-
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"  # ../shared/data/README.md
 
 
 def test_pro_and_anti_follow_pronoun_gender_and_bls_majority():
@@ -66,6 +63,7 @@ def test_unknown_data_spec_names_the_fix(tmp_path):
         data.load(str(tmp_path))
 
 
+@needs_shared_data("synthbias")
 def test_synthbias_and_its_winobias_copy_load_every_row():
     examples = data.load(str(SHARED / "synthbias"))
     assert len(examples) == 31728
@@ -86,6 +84,7 @@ def test_mmlu_subset_from_a_folder_is_subject_balanced(tmp_path):
     assert qs[0].answer in "ABCD" and len(qs[0].choices) == 4
 
 
+@needs_shared_data("mmlu", "mmlu_data.tar.gz")
 def test_mmlu_tarball_is_read_in_place():
     qs = mmlu.load(SHARED / "mmlu", n=60)
     assert len(qs) == 60 and len({q.subject for q in qs}) == 57
