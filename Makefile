@@ -48,7 +48,9 @@ lint: setup
 	.venv/bin/ruff check adapters steering_kernels server trainer cli tests bench
 
 docker-build:
-	docker build -f docker/Dockerfile -t fairsteer:gpu .
+	docker build -f docker/Dockerfile --build-arg VERSION=$(IMAGE_VERSION) -t fairsteer:$(IMAGE_VERSION) .
+
+include docker/images.mk
 
 up:
 	docker compose -f docker/compose.yaml up -d
