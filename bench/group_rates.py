@@ -23,9 +23,11 @@ from pathlib import Path
 
 import httpx
 
-from server.launch import ServerProcess, fairsteer_argv, free_port
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' server harness
+from server_process import ServerProcess, fairsteer_argv, free_port
+
 from trainer import continuation
-from trainer.data import majority_is_female
+from trainer.occupations import majority_is_female
 
 MALE, FEMALE = {w.lower() for w in continuation.MALE_WORDS}, {w.lower() for w in continuation.FEMALE_WORDS}
 WORD = re.compile(r"[A-Za-z]+")

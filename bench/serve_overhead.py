@@ -38,9 +38,10 @@ from transformers import AutoConfig
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from server_process import ServerProcess, fairsteer_argv, free_port, plain_vllm_argv
+
 from adapters import io
 from adapters.spec import ModelIdentity, random_spec
-from server.launch import ServerProcess, fairsteer_argv, free_port, plain_vllm_argv
 
 PROMPTS = ["The doctor called the nurse because", "Write a short poem about the sea.",
            "Explain why the sky is blue in one sentence.", "The mechanic helped the baker because",

@@ -1,4 +1,4 @@
-"""Adapters at run time, front end: `/v1/admin/adapters` (admin key) and version pinning of requests.
+"""Adapters at run time, front end: the engine's slot table, `/v1/admin/adapters` and version pinning.
 
     GET    /v1/admin/adapters          slots: live and draining versions, in-flight requests, limits
     PUT    /v1/admin/adapters/{name}   body {"file": "x.safetensors"}: load or replace `name`
@@ -9,19 +9,18 @@ included) and refused unless it stays inside one of them. Files are read with sa
 unpickled) and validated against the served model; a file that fails is refused with the reason (HTTP
 400) and the version already loaded keeps serving. At most `--max-adapters` adapters are loaded.
 
-Atomicity. Every loaded version owns an engine slot under the name "NAME@VERSION"; `PinMiddleware`, just
-inside the steering middleware, rewrites each request's internal adapter name to the versioned name of
-the registry that request was validated against (the two run with no await in between, so they see the
-same registry) and counts it in flight until its response ends. A replace writes a free slot, then swaps
-the registry: new requests get the new version, requests already admitted finish on the old one, whose
-slot is reused only once none of them is left. Responses state the version (x-fairsteer-version).
+Atomicity. Every loaded version owns an engine slot named "NAME@VERSION" (`engine_boundary.slot_name`).
+The steering middleware resolves a request against the current registry and, with no await in between,
+writes that version's slot into the request and counts it in flight (`AdapterSlots.track`) until its
+response ends. A replace writes a free slot, then swaps the registry: new requests get the new version,
+requests already admitted finish on the old one, whose slot is reused only once none of them is left.
 """
 
 import asyncio
-import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +29,12 @@ from fastapi.responses import JSONResponse
 
 from adapters import io
 from adapters.spec import AdapterFormatError, ModelIdentity
-from server.protocol import INTERNAL_ADAPTER_KEY
-from server.registry import LoadedAdapter, adapter_name_problem
-from server.security import openai_error, route_path
-from server.steering_api import STEERED_PATHS
-from server.vllm_plugin.processor import FREE
+from server.asgi import BodyError, openai_error, parse_json
+from server.engine_boundary import FREE_SLOT, adapter_name_problem, slot_name
+from server.errors import ServeConfigError
+from server.registry import LoadedAdapter, SteeringRegistry
+from server.settings import AdminSettings
+from server.vllm_plugin.processor import publish_slot_names
 
 logger = logging.getLogger("fairsteer.admin")
 
@@ -45,51 +45,76 @@ class AdminError(Exception):
         self.status, self.message, self.param = status, message, param
 
 
-@dataclass(frozen=True)
-class AdminSettings:
-    adapter_dirs: tuple[Path, ...]   # resolved folders adapter files may come from
-    max_adapters: int = 8
+class AdapterSlots:
+    """The engine's adapter slots as the front end sees them, and the requests in flight on each.
+
+    Slot k (1-based) holds `names[k-1]`, FREE_SLOT when empty. Without --adapter-dir the table is the
+    start-up adapters and never changes; with it, `AdapterAdmin` writes slots at run time.
+    """
+
+    def __init__(self, engine_client, registry: SteeringRegistry, capacity: int):
+        self.engine = engine_client
+        self.names = [a.slot for a in registry.adapters.values()]
+        self.names += [FREE_SLOT] * (capacity - len(self.names))
+        self.in_flight: Counter[str] = Counter()
+        publish_slot_names(tuple(self.names))
+
+    async def check_engine(self) -> None:
+        """Every engine worker must hold exactly this table before the server accepts a request."""
+        tables = await self.engine.collective_rpc("fairsteer_slot_table")
+        for worker, table in enumerate(tables):
+            if table["slots"] != self.names:
+                raise ServeConfigError(f"engine worker {worker} holds adapter slots {table['slots']}, not "
+                                       f"{self.names}: the engine and the front end disagree")
+
+    @contextmanager
+    def track(self, slot: str | None):
+        """Count a request on `slot` until its response ends (None: unsteered, not counted)."""
+        if slot is None:
+            yield
+            return
+        self.in_flight[slot] += 1
+        try:
+            yield
+        finally:
+            self.in_flight[slot] -= 1
+
+    def free_slot(self, live: set[str]) -> int:
+        for k, name in enumerate(self.names, start=1):
+            if name == FREE_SLOT or (name not in live and self.in_flight[name] == 0):
+                return k
+        raise AdminError(409, "every adapter slot holds a live version or one still serving requests; "
+                              "retry once in-flight requests finish")
+
+    async def write(self, slot: int, name: str, spec) -> None:
+        """Write `spec` into every worker's slot `slot` under `name`, then tell the front-end checks."""
+        await self.engine.collective_rpc("fairsteer_write_slot",
+                                         args=(slot, name, list(spec.sites), spec.a.tolist(), spec.b.tolist()))
+        self.names[slot - 1] = name
+        publish_slot_names(tuple(self.names))
+
+    def describe(self, live: set[str]) -> list[dict[str, Any]]:
+        def state(n: str) -> str:
+            return "free" if n == FREE_SLOT else "live" if n in live else "draining"
+
+        return [{"slot": k, "name": n.split("@")[0] if n else None, "version": n.split("@")[1] if n else None,
+                 "state": state(n), "in_flight": self.in_flight[n] if n else 0}
+                for k, n in enumerate(self.names, start=1)]
 
 
-def slot_capacity(max_adapters: int) -> int:
-    """Engine slots for `max_adapters` adapters: each may have one old version still draining."""
-    return 2 * max_adapters
+class AdapterAdmin:
+    """Load, replace and unload adapters from --adapter-dir files; one change at a time."""
 
-
-def versioned(name: str, version: str) -> str:
-    return f"{name}@{version}"
-
-
-class AdapterManager:
-    """Slots of the engine's adapter tables and which versioned names are live, draining or free."""
-
-    def __init__(self, app: FastAPI, engine_client, identity: ModelIdentity, settings: AdminSettings):
-        self.app, self.engine, self.identity, self.settings = app, engine_client, identity, settings
-        self.capacity = slot_capacity(settings.max_adapters)
-        self.slots: list[str] = []                 # slot k (1-based) holds slots[k-1], FREE when empty
-        self.pins: dict[str, str] = {}             # adapter name -> its live versioned name
-        self.in_flight: Counter[str] = Counter()   # versioned name -> requests not yet answered
+    def __init__(self, app: FastAPI, slots: AdapterSlots, identity: ModelIdentity, settings: AdminSettings):
+        self.app, self.slots, self.identity, self.settings = app, slots, identity, settings
         self.lock = asyncio.Lock()
 
     @property
-    def registry(self):
+    def registry(self) -> SteeringRegistry:
         return self.app.state.fairsteer_registry
 
-    async def start(self) -> None:
-        """Give the engine `capacity` slots and rename the start-up adapters to their versioned names."""
-        names = [versioned(n, a.version) for n, a in self.registry.adapters.items()]
-        if len(names) > self.settings.max_adapters:
-            raise AdminError(400, f"{len(names)} adapters given at start-up; --max-adapters is "
-                                  f"{self.settings.max_adapters}")
-        await self.engine.collective_rpc("fairsteer_prepare", args=(self.capacity, names))
-        self.slots = names + [FREE] * (self.capacity - len(names))
-        self.pins = {n: versioned(n, a.version) for n, a in self.registry.adapters.items()}
-        self._publish_names()
-
-    def _publish_names(self) -> None:
-        from server.vllm_plugin.processor import set_front_end_adapters
-
-        set_front_end_adapters(tuple(self.slots))
+    def live(self) -> set[str]:
+        return {a.slot for a in self.registry.adapters.values()}
 
     def resolve_file(self, file: Any) -> Path:
         if not isinstance(file, str) or not file:
@@ -109,14 +134,6 @@ class AdapterManager:
         dirs = ", ".join(str(d) for d in self.settings.adapter_dirs)
         raise AdminError(404, f"no adapter file {file!r} in the adapter directories ({dirs})", "file")
 
-    def _free_slot(self) -> int:
-        live = set(self.pins.values())
-        for k, name in enumerate(self.slots, start=1):
-            if name == FREE or (name not in live and self.in_flight[name] == 0):
-                return k
-        raise AdminError(409, "every adapter slot holds a live version or one still serving requests; "
-                              "retry once in-flight requests finish")
-
     async def load(self, name: str, file: Any) -> dict[str, Any]:
         _check_name(name)
         path = self.resolve_file(file)
@@ -132,15 +149,12 @@ class AdapterManager:
             old = registry.adapters.get(name)
             if old is not None and old.version == spec.version:
                 return {"adapter": name, "version": spec.version, "replaced": None, "unchanged": True}
-            vname, slot = versioned(name, spec.version), self._free_slot()
-            await self.engine.collective_rpc("fairsteer_write_slot",
-                                             args=(slot, vname, list(spec.sites), spec.a.tolist(), spec.b.tolist()))
-            self.slots[slot - 1] = vname
-            self._publish_names()  # the engine and validation know the new name before any request uses it
+            # The engine and the front-end checks know the new slot before any request can name it.
+            await self.slots.write(self.slots.free_slot(self.live()), slot_name(name, spec.version), spec)
             loaded = LoadedAdapter(name, str(path), spec.version, spec.sites, spec.num_parameters, spec.meta)
             adapters = {**registry.adapters, name: loaded}
             default = registry.default_adapter or name
-            self._swap(replace(registry, adapters=adapters, default_adapter=default), name, vname)
+            self._commit(replace(registry, adapters=adapters, default_adapter=default))
         return {"adapter": name, "version": spec.version, "replaced": old.version if old else None,
                 "unchanged": False}
 
@@ -155,15 +169,18 @@ class AdapterManager:
                                       "it); replace it instead of unloading it", "name")
             adapters = {k: v for k, v in registry.adapters.items() if k != name}
             version = registry.adapters[name].version
-            self._swap(replace(registry, adapters=adapters), name, None)
+            self._commit(replace(registry, adapters=adapters))
         return {"adapter": name, "unloaded": version}
 
-    def _swap(self, registry, name: str, vname: str | None) -> None:
-        """One assignment each: requests see either the old registry or the new one, never a mix."""
-        if vname is None:
-            self.pins.pop(name, None)
-        else:
-            self.pins[name] = vname
+    def _commit(self, registry: SteeringRegistry) -> None:
+        """Record the new set, then swap: one assignment, so requests see the old registry or the new one."""
+        record = self.settings.record
+        if record is not None:
+            try:
+                record.save(registry.adapters, registry.default_adapter)
+            except OSError as exc:
+                raise AdminError(503, f"the change could not be recorded in {record.path} ({exc}), so it was "
+                                      "not made; the adapters loaded before keep serving") from None
         self.app.state.fairsteer_registry = registry
         try:
             from server import group_metrics
@@ -173,11 +190,8 @@ class AdapterManager:
             logger.exception("group metrics could not record the new adapter set")
 
     def describe(self) -> dict[str, Any]:
-        live = set(self.pins.values())
-        data = [{"slot": k, "name": n.split("@")[0] if n else None, "version": n.split("@")[1] if n else None,
-                 "state": "free" if n == FREE else "live" if n in live else "draining",
-                 "in_flight": self.in_flight[n] if n else 0} for k, n in enumerate(self.slots, start=1)]
-        return {"object": "list", "data": data, "max_adapters": self.settings.max_adapters,
+        return {"object": "list", "data": self.slots.describe(self.live()),
+                "max_adapters": self.settings.max_adapters,
                 "adapter_dirs": [str(d) for d in self.settings.adapter_dirs]}
 
 
@@ -187,22 +201,21 @@ def _check_name(name: str) -> None:
 
 
 def _error(exc: AdminError) -> JSONResponse:
-    return JSONResponse(json.loads(openai_error(exc.status, exc.message, exc.param)), status_code=exc.status)
+    return JSONResponse(openai_error(exc.status, exc.message, exc.param), status_code=exc.status)
 
 
-def add_admin_routes(app: FastAPI, manager: AdapterManager) -> None:
+def add_admin_routes(app: FastAPI, manager: AdapterAdmin) -> None:
     async def list_slots() -> JSONResponse:
         return JSONResponse(manager.describe())
 
     async def put_adapter(name: str, request: Request) -> JSONResponse:
         try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        try:
+            body = parse_json(await request.body())
             if not isinstance(body, dict):
                 raise AdminError(400, 'the body must be a JSON object {"file": "NAME.safetensors"}', "file")
             return JSONResponse(await manager.load(name, body.get("file")))
+        except BodyError as exc:
+            return _error(AdminError(400, str(exc)))
         except AdminError as exc:
             return _error(exc)
 
@@ -223,48 +236,3 @@ def add_admin_routes(app: FastAPI, manager: AdapterManager) -> None:
                                                      "content": {"application/json": {"schema": body_schema}}}})
     app.add_api_route("/v1/admin/adapters/{name}", delete_adapter, methods=["DELETE"], tags=tags,
                       summary="Unload an adapter (admin key)")
-
-
-class PinMiddleware:
-    """Innermost: pins each steered request to a versioned adapter name and counts it until answered."""
-
-    def __init__(self, app, manager: AdapterManager):
-        self.app, self.manager = app, manager
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or route_path(scope) not in STEERED_PATHS:
-            return await self.app(scope, receive, send)
-        first = await receive()  # the steering middleware's replayed, already rewritten body
-        body = first.get("body", b"")
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
-        xargs = data.get("vllm_xargs") if isinstance(data, dict) else None
-        name = xargs.get(INTERNAL_ADAPTER_KEY) if isinstance(xargs, dict) else None
-        vname = self.manager.pins.get(name) if isinstance(name, str) else None
-        if vname is None:
-            return await self.app(scope, _once(first, receive), send)
-        xargs[INTERNAL_ADAPTER_KEY] = vname
-        body = json.dumps(data).encode()
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
-        scope = dict(scope, headers=headers + [(b"content-length", str(len(body)).encode())])
-        self.manager.in_flight[vname] += 1
-        try:
-            await self.app(scope, _once({"type": "http.request", "body": body, "more_body": False}, receive),
-                           send)
-        finally:
-            self.manager.in_flight[vname] -= 1
-
-
-def _once(message, receive):
-    sent = False
-
-    async def replayed():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return message
-        return await receive()
-
-    return replayed

@@ -1,19 +1,50 @@
-"""Starting vLLM's own OpenAI server with fairsteer's additions.
+"""Starting vLLM's own OpenAI server with fairsteer's additions, from `ServeSettings`.
 
 The sequence is vLLM's `run_server` (vllm/entrypoints/launchers/api_server/entry.py), written out so that
-the steering middleware and `/v1/steerings` are installed on the app between `build_app` and serving:
+fairsteer's routes and middleware are installed on the app between `build_app` and serving:
 
-    engine args = vLLM's parser over (our CPU/GPU defaults + the user's engine options) + the plugin's kwargs
-    socket bound first (as vLLM does), engine started, app built, steering added, uvicorn serves
+    engine args = vLLM's parser over settings.engine_options, then settings.engine_kwargs
+    socket bound first (as vLLM does), engine started, app built, `install` (below), uvicorn serves
+
+The request path, outermost first (declared once, in `install`):
+
+    DrainMiddleware      counts every accepted request; 503 once draining (server/drain.py)
+    SecurityMiddleware   keys and body size, before anything reads a body (server/security.py)
+    AdapterFileHealth    /health fails when a loaded adapter's file vanished (server/health.py)
+    vLLM's middleware    CORS, request ids, ...
+    SteeringMiddleware   parses the body once, validates, pins the adapter version, rewrites for the
+                         engine, annotates the answer (server/steering_api.py)
+    vLLM's routes        /v1/completions, /v1/chat/completions, ... -> the engine
 
 Everything else (routes, streaming, metrics, health, shutdown) is vLLM's.
 """
 
 import argparse
+import os
 import signal
 from typing import Any
 
-from server.registry import SteeringRegistry
+from server.errors import ServeConfigError
+from server.settings import ServeSettings
+
+
+def run(settings: ServeSettings) -> int:
+    """Serve until stopped (SIGINT/SIGTERM). Raises ServeConfigError when the server cannot start."""
+    import uvloop
+
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # as vLLM's own CLI does
+    args = build_vllm_args(settings.model_path, settings.host, settings.port, list(settings.engine_options),
+                           settings.engine_kwargs)
+    try:
+        uvloop.run(serve(args, settings))
+    except (KeyboardInterrupt, SystemExit, ServeConfigError):
+        raise
+    except OSError as exc:
+        raise ServeConfigError(f"cannot listen on {settings.host}:{settings.port} ({exc}); pick another "
+                               "--port") from None
+    except Exception as exc:  # noqa: BLE001 - the engine logged the cause above; say so plainly
+        raise ServeConfigError(f"the vLLM engine failed to start: {exc}. The log above names the cause") from None
+    return 0
 
 
 def build_vllm_args(model: str, host: str, port: int, engine_options: list[str],
@@ -42,15 +73,13 @@ def build_vllm_args(model: str, host: str, port: int, engine_options: list[str],
     return args
 
 
-async def serve(args: argparse.Namespace, registry: SteeringRegistry) -> None:
+async def serve(args: argparse.Namespace, settings: ServeSettings) -> None:
     """Run the server until it is stopped (SIGINT/SIGTERM); raises if the engine fails to start."""
     from vllm import envs
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
     from vllm.entrypoints.launchers.app import build_app
     from vllm.entrypoints.launchers.launcher import serve_http, setup_server
-
-    from server.steering_api import add_steering
 
     def interrupt_start_up(*_: Any) -> None:  # uvicorn installs its own handlers once it runs
         raise KeyboardInterrupt("terminated")
@@ -60,13 +89,9 @@ async def serve(args: argparse.Namespace, registry: SteeringRegistry) -> None:
     async with build_async_engine_client(args) as engine_client:
         supported_tasks = await engine_client.get_supported_tasks()
         app = build_app(args, supported_tasks, engine_client.model_config)
-        app.state.fairsteer_registry = registry
-        add_steering(app, lambda: app.state.fairsteer_registry)
-        from server.reliability import install  # issue 6: auth, body limit, admin routes, health
-
-        await install(app, engine_client)
+        await install(app, engine_client, settings)
         await init_app_state(engine_client, app.state, args, supported_tasks)
-        _announce(registry, listen_address)
+        _announce(settings.registry, listen_address)
         shutdown_task = await serve_http(
             app, sock=sock, enable_ssl_refresh=args.enable_ssl_refresh, host=args.host, port=args.port,
             log_level=args.uvicorn_log_level, access_log=not args.disable_uvicorn_access_log,
@@ -80,7 +105,51 @@ async def serve(args: argparse.Namespace, registry: SteeringRegistry) -> None:
         sock.close()
 
 
-def _announce(registry: SteeringRegistry, listen_address: str) -> None:
+async def install(app, engine_client, settings: ServeSettings) -> None:
+    """fairsteer's routes and the middleware stack on vLLM's app (after build_app, before serving)."""
+    from fastapi.responses import JSONResponse
+    from starlette.middleware import Middleware
+
+    from server.admin import AdapterAdmin, AdapterSlots, add_admin_routes
+    from server.drain import Drain, DrainMiddleware
+    from server.health import AdapterFileHealth, add_liveness_route
+    from server.openapi import document_steering
+    from server.security import SecurityMiddleware
+    from server.steering_api import SteeringMiddleware
+
+    app.state.fairsteer_registry = settings.registry
+
+    def get_registry():
+        return app.state.fairsteer_registry
+
+    capacity = settings.admin.slot_capacity if settings.admin else len(settings.registry.adapters)
+    slots = AdapterSlots(engine_client, settings.registry, capacity)
+    if settings.steered_engine:
+        await slots.check_engine()
+    drain = Drain()
+    engine_client.shutdown = drain.wrap_shutdown(engine_client.shutdown)
+
+    async def list_steerings() -> JSONResponse:
+        return JSONResponse(get_registry().describe())
+
+    app.add_api_route("/v1/steerings", list_steerings, methods=["GET"], tags=["fairsteer"],
+                      summary="Loaded steering adapters with their metadata and calibration tables")
+    add_liveness_route(app, engine_client)
+    if settings.admin is not None:
+        add_admin_routes(app, AdapterAdmin(app, slots, settings.identity, settings.admin))
+    app.user_middleware = [
+        Middleware(DrainMiddleware, drain=drain),
+        Middleware(SecurityMiddleware, settings=settings.security),
+        Middleware(AdapterFileHealth, get_registry=get_registry),
+        *app.user_middleware,
+        Middleware(SteeringMiddleware, get_registry=get_registry, slots=slots),
+    ]
+    if app.middleware_stack is not None:  # vLLM's SageMaker bootstrap builds the stack early; rebuild it
+        app.middleware_stack = app.build_middleware_stack()
+    document_steering(app)
+
+
+def _announce(registry, listen_address: str) -> None:
     if registry.adapters:
         names = ", ".join(f"{a.name} (version {a.version})" for a in registry.adapters.values())
         print(f"fairsteer: serving {registry.model} on {listen_address} with adapters {names}; default "

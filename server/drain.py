@@ -19,7 +19,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from server.security import OPEN_PATHS, Receive, Scope, Send, route_path, send_error
+from server.asgi import Receive, Scope, Send, route_path, send_error
+from server.security import OPEN_PATHS
 
 DRAINING_MESSAGE = "the server is shutting down (draining in-flight requests); retry on another instance"
 
@@ -76,7 +77,7 @@ def _on_event_loop() -> bool:
 
 
 class DrainMiddleware:
-    """Outermost: counts requests in and out, refuses new ones once draining."""
+    """Outermost (so it counts every request the server accepts): refuses new ones once draining."""
 
     def __init__(self, app: Callable, drain: Drain):
         self.app, self.drain = app, drain
@@ -108,14 +109,3 @@ class DrainMiddleware:
             await send_error(send, 503, DRAINING_MESSAGE)
         finally:
             self.drain.leave()
-
-
-def install_drain(app, engine_client) -> None:
-    """Outermost middleware on vLLM's app, and vLLM's engine shutdown made to wait for it."""
-    from starlette.middleware import Middleware
-
-    drain = Drain()
-    engine_client.shutdown = drain.wrap_shutdown(engine_client.shutdown)
-    app.user_middleware.insert(0, Middleware(DrainMiddleware, drain=drain))
-    if app.middleware_stack is not None:
-        app.middleware_stack = app.build_middleware_stack()

@@ -9,8 +9,12 @@ A client sends, at the top level of a `/v1/completions` or `/v1/chat/completions
 `resolve` turns a parsed body into the `Applied` setting (or a `SteeringError` naming the field, which
 becomes HTTP 400 in OpenAI's error shape); `rewrite` writes that setting into the body for vLLM:
 
-    vllm_xargs.fairsteer_adapter / fairsteer_strength   read by the engine plugin (server.vllm_plugin)
-    cache_salt                                           so prefix caching never shares KV across settings
+    vllm_xargs.fairsteer_adapter    the engine slot of the adapter *version* validated against
+                                    ("NAME@VERSION"): the request is pinned to it to its end
+    vllm_xargs.fairsteer_strength   the strength
+    cache_salt                      so prefix caching never shares KV across settings
+
+A client may not send the internal keys (HTTP 400 naming the public field).
 
 vLLM itself silently ignores unknown top-level fields; this module is why a request is never served
 with its steering dropped. No vLLM import here: it is plain data, tested without an engine.
@@ -18,17 +22,21 @@ with its steering dropped. No vLLM import here: it is plain data, tested without
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
-# Public request fields and the internal `SamplingParams.extra_args` keys the plugin reads.
-STRENGTH_FIELD = "fairness_strength"
-ADAPTER_FIELD = "steering"
-INTERNAL_ADAPTER_KEY = "fairsteer_adapter"
-INTERNAL_STRENGTH_KEY = "fairsteer_strength"
-INTERNAL_KEYS = (INTERNAL_ADAPTER_KEY, INTERNAL_STRENGTH_KEY)
+from server.engine_boundary import (
+    ADAPTER_FIELD,
+    INTERNAL_ADAPTER_KEY,
+    INTERNAL_KEYS,
+    INTERNAL_STRENGTH_KEY,
+    STRENGTH_FIELD,
+    json_type,
+    slot_name,
+    strength_problem,
+)
+
 _LOOKALIKE = re.compile(r"fairness|fairsteer|steer", re.IGNORECASE)
 
 
@@ -63,6 +71,11 @@ class Applied:
     def steered(self) -> bool:
         return self.adapter is not None and self.strength > 0
 
+    @property
+    def slot(self) -> str | None:
+        """The engine slot serving this request, or None when unsteered."""
+        return slot_name(self.adapter, self.version) if self.steered else None
+
     def as_json(self) -> dict[str, Any]:
         return {"adapter": self.adapter, "version": self.version, "strength": self.strength}
 
@@ -72,24 +85,14 @@ class Applied:
                 (b"x-fairsteer-strength", repr(self.strength).encode())]
 
 
-def error_body(message: str, param: str | None, status: int = 400) -> dict[str, Any]:
-    """OpenAI's error shape, as vLLM's own 400s use it."""
-    return {"error": {"message": message, "type": "BadRequestError", "param": param, "code": status}}
-
-
 def _get_xargs(body: dict[str, Any]) -> dict[str, Any]:
     xargs = body.get("vllm_xargs")
     if xargs is None:
         return {}
     if not isinstance(xargs, dict):
-        raise SteeringError(f"vllm_xargs must be a JSON object (a flat dict), not {_json_type(xargs)}",
+        raise SteeringError(f"vllm_xargs must be a JSON object (a flat dict), not {json_type(xargs)}",
                             "vllm_xargs")
     return xargs
-
-
-def _json_type(value: Any) -> str:
-    names = {str: "a string", bool: "a boolean", list: "an array", dict: "an object", type(None): "null"}
-    return names.get(type(value), "a number")
 
 
 def _pick(body: dict[str, Any], xargs: dict[str, Any], name: str) -> tuple[bool, Any]:
@@ -112,28 +115,19 @@ def _same(x: Any, y: Any) -> bool:
 
 
 def _check_strength(value: Any, policy: Policy) -> float:
-    name = STRENGTH_FIELD
     if value is None:
-        raise SteeringError(f"{name} must be a number, not null; omit it to use the server default "
-                            f"({policy.default_strength})", name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SteeringError(f"{name} must be a number between 0 and {policy.max_strength}, "
-                            f"not {_json_type(value)} ({value!r})", name)
-    strength = float(value)
-    if not math.isfinite(strength):
-        raise SteeringError(f"{name} must be a finite number; got {value!r}", name)
-    if strength < 0:
-        raise SteeringError(f"{name} must be >= 0 (0 serves the base model); got {strength}", name)
-    if strength > policy.max_strength:
-        raise SteeringError(f"{name} {strength} is above this server's maximum {policy.max_strength} "
-                            "(set by --max-fairness-strength)", name)
-    return strength
+        raise SteeringError(f"{STRENGTH_FIELD} must be a number, not null; omit it to use the server default "
+                            f"({policy.default_strength})", STRENGTH_FIELD)
+    problem = strength_problem(value, STRENGTH_FIELD, policy.max_strength)
+    if problem:
+        raise SteeringError(problem, STRENGTH_FIELD)
+    return float(value)
 
 
 def _check_adapter(value: Any, policy: Policy) -> str:
     name = ADAPTER_FIELD
     if not isinstance(value, str):
-        raise SteeringError(f"{name} must be an adapter name (a string), not {_json_type(value)}; "
+        raise SteeringError(f"{name} must be an adapter name (a string), not {json_type(value)}; "
                             "omit it to use the server's default adapter", name)
     if value not in policy.adapters:
         loaded = ", ".join(sorted(policy.adapters)) or "none (this server runs unsteered)"
@@ -143,11 +137,17 @@ def _check_adapter(value: Any, policy: Policy) -> str:
 
 
 def _refuse_lookalikes(body: dict[str, Any], xargs: dict[str, Any]) -> None:
-    """A misspelt steering field would be silently ignored by vLLM: refuse it, naming the right one."""
-    for where, keys, known in (("", body, (STRENGTH_FIELD, ADAPTER_FIELD)),
-                               ("vllm_xargs.", xargs, (STRENGTH_FIELD, ADAPTER_FIELD, *INTERNAL_KEYS))):
+    """A misspelt steering field would be silently ignored by vLLM, and an internal key would be
+    overwritten: refuse both, naming the public field."""
+    for where, keys in (("", body), ("vllm_xargs.", xargs)):
         for key in keys:
-            if isinstance(key, str) and _LOOKALIKE.search(key) and key not in known:
+            if not isinstance(key, str) or key in (STRENGTH_FIELD, ADAPTER_FIELD):
+                continue
+            if key in INTERNAL_KEYS:
+                public = STRENGTH_FIELD if key == INTERNAL_STRENGTH_KEY else ADAPTER_FIELD
+                raise SteeringError(f"{where}{key} is fairsteer's internal engine key, which clients may not "
+                                    f"send; use {public!r}", f"{where}{key}")
+            if _LOOKALIKE.search(key):
                 raise SteeringError(f"unknown field {where}{key!r}; the steering fields are "
                                     f"{STRENGTH_FIELD!r} and {ADAPTER_FIELD!r}", f"{where}{key}")
 
@@ -196,14 +196,13 @@ def cache_salt(applied: Applied, client_salt: str | None) -> str:
 def rewrite(body: dict[str, Any], applied: Applied) -> dict[str, Any]:
     """The body vLLM receives: public fields removed, the internal keys and cache_salt set when steered.
 
-    A client's own values under the internal names are always overwritten (or removed when unsteered),
-    so the validated setting is the only one the engine ever sees.
+    `resolve` has refused internal keys sent by a client, so the validated setting is the only one the
+    engine ever sees.
     """
     out = {k: v for k, v in body.items() if k not in (STRENGTH_FIELD, ADAPTER_FIELD)}
-    xargs = {k: v for k, v in (_get_xargs(body)).items()
-             if k not in (STRENGTH_FIELD, ADAPTER_FIELD, *INTERNAL_KEYS)}
+    xargs = {k: v for k, v in (_get_xargs(body)).items() if k not in (STRENGTH_FIELD, ADAPTER_FIELD)}
     if applied.steered:
-        xargs[INTERNAL_ADAPTER_KEY] = applied.adapter
+        xargs[INTERNAL_ADAPTER_KEY] = applied.slot
         xargs[INTERNAL_STRENGTH_KEY] = applied.strength
         client_salt = body.get("cache_salt")
         if client_salt is None or (isinstance(client_salt, str) and client_salt):

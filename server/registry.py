@@ -5,30 +5,19 @@ validated against and what `GET /v1/steerings` shows. Both read the same files, 
 content hash `SteeringSpec.version`) echoed in responses is the version the engine applies.
 
 A registry is an immutable value: changing adapters at run time means building a new one and swapping it
-(issue 6), so a request validated against one registry is never half-served by another.
+(server/admin.py), so a request validated against one registry is never half-served by another.
 """
 
 import math
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from adapters import io
 from adapters.spec import AdapterFormatError, AdapterMeta, ModelIdentity
-from server.cli import UsageError
+from server.engine_boundary import slot_name
+from server.errors import ServeConfigError
 from server.protocol import Policy
-
-# Names travel in `x-fairsteer-adapter` headers and metric labels: short, printable, no spaces.
-_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def adapter_name_problem(name: str) -> str | None:
-    """Why `name` cannot name an adapter, or None if it can."""
-    if _ADAPTER_NAME.fullmatch(name):
-        return None
-    return (f"adapter name {name!r} is not usable: use 1-64 letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit")
 
 
 @dataclass(frozen=True)
@@ -39,6 +28,11 @@ class LoadedAdapter:
     sites: tuple[str, ...]
     num_parameters: int
     meta: AdapterMeta
+
+    @property
+    def slot(self) -> str:
+        """The engine slot of this version."""
+        return slot_name(self.name, self.version)
 
     def describe(self) -> dict[str, Any]:
         meta = asdict(self.meta)
@@ -77,7 +71,9 @@ def load_registry(model: str, table: dict[str, str], identity: ModelIdentity | N
                   max_strength: float = 2.0) -> SteeringRegistry:
     """Read and check every adapter file and the options.
 
-    Raises `AdapterFormatError` naming the first bad adapter, `UsageError` for inconsistent options.
+    Each file is read once, here; the engine reads it again in its own process and must find the same
+    version. Raises `AdapterFormatError` naming the first bad adapter, `ServeConfigError` for inconsistent
+    options.
 
     Args:
         model: the served model name, used as a label only.
@@ -99,17 +95,17 @@ def load_registry(model: str, table: dict[str, str], identity: ModelIdentity | N
     if default_adapter is None and adapters:
         default_adapter = next(iter(adapters))
     if default_adapter is not None and default_adapter not in adapters:
-        raise UsageError(f"--default-adapter {default_adapter!r} is not one of the loaded adapters "
-                                 f"({', '.join(adapters) or 'none'}); add --adapter {default_adapter}=FILE")
+        raise ServeConfigError(f"--default-adapter {default_adapter!r} is not one of the loaded adapters "
+                               f"({', '.join(adapters) or 'none'}); add --adapter {default_adapter}=FILE")
     return SteeringRegistry(model, adapters, default_adapter, default_strength, max_strength)
 
 
 def _check_strengths(default: float, maximum: float, have_adapters: bool) -> None:
     if not (math.isfinite(maximum) and maximum >= 0):
-        raise UsageError(f"--max-fairness-strength must be a finite number >= 0; got {maximum}")
+        raise ServeConfigError(f"--max-fairness-strength must be a finite number >= 0; got {maximum}")
     if not (math.isfinite(default) and 0 <= default <= maximum):
-        raise UsageError(f"--default-fairness-strength must be between 0 and --max-fairness-strength "
-                                 f"({maximum}); got {default}")
+        raise ServeConfigError(f"--default-fairness-strength must be between 0 and --max-fairness-strength "
+                               f"({maximum}); got {default}")
     if default > 0 and not have_adapters:
-        raise UsageError(f"--default-fairness-strength {default} needs an adapter to apply; "
-                                 "add --adapter NAME=FILE or leave the default strength at 0")
+        raise ServeConfigError(f"--default-fairness-strength {default} needs an adapter to apply; "
+                               "add --adapter NAME=FILE or leave the default strength at 0")

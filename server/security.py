@@ -1,4 +1,4 @@
-"""Authentication and request-size limits for `fairsteer serve`: one ASGI middleware, outermost.
+"""Authentication and request-size limits for `fairsteer serve`: one ASGI middleware.
 
     API key     (--api-key or FAIRSTEER_API_KEY)    required on every route except OPEN_PATHS
     admin key   (--admin-key or FAIRSTEER_ADMIN_KEY) required on ADMIN_PREFIX (adapter management);
@@ -11,30 +11,24 @@ Rejections use OpenAI's error shape: 401 for a missing or wrong key, 403 for the
 (valid, but not allowed there), 413 for an oversized body. Health, metrics and the API's documentation stay
 open so probes and Prometheus need no secret; none of them shows a key or any request text.
 
-The middleware sits outside vLLM's and the steering middleware, so nothing reads a body before it is
-authenticated and bounded.
+The middleware sits outside vLLM's and the steering middleware (server/app.py declares the order), so
+nothing reads a body before it is authenticated and bounded.
 """
 
 import hashlib
 import hmac
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from server.asgi import Message, Receive, Scope, Send, openai_error, replay_body, route_path, send_error
 
 ADMIN_PREFIX = "/v1/admin/"
-OPEN_PATHS = frozenset({"/health", "/ping", "/metrics", "/version", "/openapi.json", "/docs", "/redoc",
+OPEN_PATHS = frozenset({"/health", "/livez", "/ping", "/metrics", "/version", "/openapi.json", "/docs", "/redoc",
                         "/docs/oauth2-redirect"})
 DEFAULT_MAX_REQUEST_BYTES = 1024**2  # 1 MiB: about 250k tokens of text, far above any context served here
 API_KEY_ENV, ADMIN_KEY_ENV = "FAIRSTEER_API_KEY", "FAIRSTEER_ADMIN_KEY"
-_ERROR_TYPES = {401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError", 409: "ConflictError",
-                413: "RequestTooLargeError", 503: "ServiceUnavailableError"}
 
 
 @dataclass(frozen=True)
@@ -57,28 +51,6 @@ class SecuritySettings:
         if max_request_bytes < 1024:
             raise ValueError(f"--max-request-bytes must be at least 1024; got {max_request_bytes}")
         return cls(api_key or None, admin_key or None, max_request_bytes)
-
-
-def route_path(scope: Scope) -> str:
-    """The path routes match on: without the --root-path prefix when the request carries it (as Starlette
-    routes), so no check here can be dodged by prefixing a path."""
-    path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root + "/") else path
-
-
-def openai_error(status: int, message: str, param: str | None = None) -> bytes:
-    error = {"message": message, "type": _ERROR_TYPES.get(status, "BadRequestError"), "param": param,
-             "code": status}
-    return json.dumps({"error": error}).encode()
-
-
-async def send_error(send: Send, status: int, message: str, param: str | None = None,
-                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-    body = openai_error(status, message, param)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *headers]})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _digest(key: str) -> bytes:
@@ -194,7 +166,7 @@ class _OpenAIErrors:
             return
         status, body = self._start["status"], self._body
         if not _is_openai_error(body):
-            body = openai_error(status, _detail(body, status))
+            body = json.dumps(openai_error(status, _detail(body, status))).encode()
         headers = [(k, v) for k, v in self._start.get("headers", [])
                    if k.lower() not in (b"content-length", b"content-type")]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -220,26 +192,3 @@ def _detail(body: bytes, status: int) -> str:
     if status == 400 and detail == "There was an error parsing the body":
         detail = "the request body is not valid JSON; send a JSON object"
     return detail if isinstance(detail, str) else json.dumps(detail)
-
-
-def replay_body(body: bytes, receive: Receive) -> Receive:
-    """A `receive` that yields `body` once, then the real channel (so disconnects still reach the app)."""
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replayed
-
-
-def install_security(app, settings: SecuritySettings) -> None:
-    """Put the middleware in front of vLLM's (CORS, its own auth) and the steering middleware."""
-    from starlette.middleware import Middleware
-
-    app.user_middleware.insert(0, Middleware(SecurityMiddleware, settings=settings))
-    if app.middleware_stack is not None:
-        app.middleware_stack = app.build_middleware_stack()

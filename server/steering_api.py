@@ -1,39 +1,42 @@
-"""Steering on top of vLLM's own OpenAI server: an ASGI middleware and `GET /v1/steerings`.
+"""Steering on top of vLLM's own OpenAI server: the request path of `fairness_strength` and `steering`.
 
-vLLM keeps the whole OpenAI protocol (streaming, n > 1, logprobs, tools, errors); this layer only
+vLLM keeps the whole OpenAI protocol (streaming, n > 1, logprobs, tools, errors); this middleware only
 
-  1. reads the JSON body of POST /v1/completions and /v1/chat/completions, validates `fairness_strength`
-     and `steering` (top level or in `vllm_xargs`) with `server.protocol.resolve`, and answers a bad
-     value with HTTP 400 in OpenAI's error shape, naming the field;
-  2. hands vLLM the rewritten body (internal `vllm_xargs` keys for the engine plugin, a `cache_salt`
+  1. parses the JSON body of a POST once (too deep a body gets HTTP 400), and on /v1/completions and
+     /v1/chat/completions validates the steering fields (top level or in `vllm_xargs`) with
+     `server.protocol.resolve`, answering a bad value with HTTP 400 in OpenAI's error shape;
+  2. pins the request to the adapter version it was validated against: the rewritten body names that
+     version's engine slot, counted in flight until the response ends (`AdapterSlots.track`);
+  3. hands vLLM the rewritten body (internal `vllm_xargs` keys for the engine plugin, a `cache_salt`
      per steering setting so prefix caching stays on and correct);
-  3. annotates the answer with what was applied: `x-fairsteer-*` headers, a top-level `"fairsteer"`
-     object in the JSON body and in the first stream chunk;
-  4. refuses steering fields on every other POST endpoint (vLLM would silently ignore them there).
-
-It sits innermost in the middleware stack, so vLLM's authentication and CORS run before it.
+  4. annotates the answer with what was applied: `x-fairsteer-*` headers, a top-level `"fairsteer"`
+     object in the JSON body and in the first stream chunk, and counts its groups (`group_metrics`);
+  5. refuses steering fields on every other POST endpoint (vLLM would silently ignore them there).
 """
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
-
 from server import group_metrics
-from server.protocol import (
-    STRENGTH_FIELD,
-    Applied,
-    SteeringError,
-    error_body,
-    mentions_steering,
-    resolve,
-    rewrite,
+from server.admin import AdapterSlots
+from server.asgi import (
+    BodyError,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    parse_json,
+    read_body,
+    replay_body,
+    route_path,
+    send_error,
+    with_content_length,
 )
+from server.engine_boundary import STRENGTH_FIELD
+from server.protocol import Applied, SteeringError, mentions_steering, resolve, rewrite
 from server.registry import SteeringRegistry
-from server.security import replay_body, route_path
 
 logger = logging.getLogger("fairsteer.serve")
 
@@ -42,54 +45,38 @@ STEERED_PATHS = ("/v1/completions", "/v1/chat/completions")
 UNSTEERED_GENERATE_PATHS = ("/v1/responses", "/v1/messages", "/invocations", "/inference/v1/generate",
                             "/generative_scoring", "/v1/chat/completions/batch", "/v1/systemone")
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-
-def add_steering(app: FastAPI, get_registry: Callable[[], SteeringRegistry]) -> None:
-    """Install the middleware (innermost) and the `/v1/steerings` route on vLLM's app."""
-    from starlette.middleware import Middleware
-
-    app.user_middleware.append(Middleware(SteeringMiddleware, get_registry=get_registry))
-    if app.middleware_stack is not None:  # vLLM's SageMaker bootstrap builds the stack early; rebuild it
-        app.middleware_stack = app.build_middleware_stack()
-
-    async def list_steerings() -> JSONResponse:
-        return JSONResponse(get_registry().describe())
-
-    app.add_api_route("/v1/steerings", list_steerings, methods=["GET"], tags=["fairsteer"],
-                      summary="Loaded steering adapters with their metadata and calibration tables")
-
 
 class SteeringMiddleware:
-    def __init__(self, app: Callable, get_registry: Callable[[], SteeringRegistry]):
-        self.app = app
-        self.get_registry = get_registry
+    def __init__(self, app: Callable, get_registry: Callable[[], SteeringRegistry], slots: AdapterSlots):
+        self.app, self.get_registry, self.slots = app, get_registry, slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         path = route_path(scope)
-        body = await _read_body(receive)
-        data = _parse_object(body)
-        if data is None:  # not a JSON object: vLLM answers it with its own error
+        body = await read_body(receive)
+        try:
+            data = parse_json(body)
+        except BodyError as exc:
+            return await send_error(send, 400, str(exc))
+        if not isinstance(data, dict):  # not a JSON object: vLLM answers it with its own error
             return await self.app(scope, replay_body(body, receive), send)
         registry = self.get_registry()
         if path not in STEERED_PATHS:
             problem = _unsteerable(path, data, registry)
             if problem:
-                return await _send_json(send, 400, error_body(*problem))
+                return await send_error(send, 400, *problem)
             return await self.app(scope, replay_body(body, receive), send)
         try:
             applied = resolve(data, registry.policy)
         except SteeringError as exc:
-            return await _send_json(send, 400, error_body(exc.message, exc.param))
+            return await send_error(send, 400, exc.message, exc.param)
         new_body = json.dumps(rewrite(data, applied)).encode()
         _safely(group_metrics.observe_request, registry.model, applied.adapter, applied.strength)
         annotator = _Annotator(send, applied, registry.model)
-        await self.app(_with_length(scope, len(new_body)), replay_body(new_body, receive), annotator.send)
+        with self.slots.track(applied.slot):  # no await since `resolve`: the slot is still live here
+            await self.app(with_content_length(scope, len(new_body)), replay_body(new_body, receive),
+                           annotator.send)
 
 
 def _unsteerable(path: str, data: dict[str, Any], registry: SteeringRegistry) -> tuple[str, str] | None:
@@ -209,36 +196,3 @@ def _safely(fn: Callable[..., None], *args: Any) -> None:
         fn(*args)
     except Exception:  # any failure in observability is logged, never raised
         logger.exception("group metrics failed in %s; the request is served regardless", fn.__name__)
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":  # client went away before sending the body
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-def _parse_object(body: bytes) -> dict[str, Any] | None:
-    """The body as a dict; NaN/Infinity tokens parse to floats, which `resolve` then refuses."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _with_length(scope: Scope, length: int) -> Scope:
-    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
-    return dict(scope, headers=headers + [(b"content-length", str(length).encode())])
-
-
-async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
-    body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

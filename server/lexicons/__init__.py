@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.cli import UsageError
+from server.errors import ServeConfigError
 
 FORMAT_VERSION = 1
 DEFAULT_PATH = Path(__file__).with_name("gender.json")
@@ -38,10 +38,10 @@ _TERM = re.compile(r"\w+(?:[ '’-]\w+)*")
 _KEYS = {"format_version", "axis", "description", "groups"}
 
 
-class LexiconError(UsageError, ValueError):
+class LexiconError(ServeConfigError):
     """A group lexicon file that cannot be used; the message names the file, the problem and the fix.
 
-    A `UsageError`, so `fairsteer serve` prints it without a traceback and exits with status 2."""
+    A `ServeConfigError`, so `fairsteer serve` prints it without a traceback and exits with status 2."""
 
 
 @dataclass(frozen=True)

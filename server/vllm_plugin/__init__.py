@@ -1,16 +1,17 @@
 """fairsteer's vLLM plugin: per-request steering strength and adapter inside the vLLM engine.
 
-How the pieces meet (see DESIGN.md, "vLLM on this machine"):
-    register()        the `vllm.general_plugins` entry point, run by vLLM in every process: registers the
-                      steered architectures (`Fairsteer<Arch>`, models.py) with vLLM's ModelRegistry
-    engine_kwargs()   run once in the front-end process: validates the adapter files, checks the plugin
-                      will load, and returns the engine arguments that select the steered architecture,
-                      carry the adapter table into the engine and install the state-tracking processor
-    processor.py      validates and tracks each request's `extra_args` (fairsteer_adapter/_strength)
-    state.py, ops.py  the fixed per-row/per-token buffers and the registered custom op
+How the pieces meet (what both sides agree on is in server/engine_boundary.py):
+    register()               the `vllm.general_plugins` entry point, run by vLLM in every process: registers
+                             the steered architectures (`Fairsteer<Arch>`, models.py) with vLLM's ModelRegistry
+    engine_kwargs()          the engine arguments that select the steered architecture, carry the adapter
+                             table into the engine and install the state-tracking processor
+    offline_engine_kwargs()  the same for vLLM's offline `LLM`, from adapter files
+    processor.py             validates and tracks each request's `extra_args` (fairsteer_adapter/_strength)
+    state.py, ops.py         the fixed per-row/per-token buffers and the registered custom op
+    reload.py                the worker extension that writes adapter slots at run time
 
 Usage (offline):
-    kwargs = engine_kwargs("path/to/model", {"fair": "fair.safetensors"})   # also sets ENV in os.environ
+    kwargs = offline_engine_kwargs("path/to/model", {"fair": "fair.safetensors"})
     llm = LLM(model="path/to/model", **kwargs, ...)
     llm.generate(prompt, SamplingParams(extra_args={"fairsteer_adapter": "fair", "fairsteer_strength": 0.5},
                                         cache_salt=...))  # prefix caching: salt per steering setting
@@ -18,39 +19,28 @@ Usage (offline):
 
 import json
 import os
-import re
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from server.vllm_plugin.processor import ADAPTER_KEY, PROCESSOR_FQCN, STRENGTH_KEY, set_front_end_adapters
+from server.engine_boundary import (
+    ADAPTERS_KEY,
+    BASE_ARCH_KEY,
+    CAPACITY_KEY,
+    ENGINE_ENV,
+    FREE_SLOT,
+    SUPPORTED_ARCHITECTURES,
+    adapter_name_problem,
+    steered_architecture,
+)
+from server.vllm_plugin.processor import PROCESSOR_FQCN, publish_slot_names
 
-__all__ = [
-    "ADAPTER_KEY",
-    "ENV",
-    "PROCESSOR_FQCN",
-    "STRENGTH_KEY",
-    "SUPPORTED_ARCHITECTURES",
-    "PluginError",
-    "engine_kwargs",
-    "register",
-    "steered_architecture",
-]
-
-# Set in os.environ by `engine_kwargs` (spawned engine processes inherit it). Model Runner V2, the GPU
-# default of vLLM 0.32, rejects V1 logits processors; the V1 runner is the one this plugin drives.
-ENV: dict[str, str] = {"VLLM_USE_V2_MODEL_RUNNER": "0"}
+__all__ = ["PROCESSOR_FQCN", "PluginError", "engine_kwargs", "offline_engine_kwargs", "register"]
 
 ENTRY_POINT = "fairsteer"
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class PluginError(RuntimeError):
     """The plugin would not be active in the engine: serving would silently drop steering."""
-
-
-def steered_architecture(base: str) -> str:
-    return f"Fairsteer{base}"
 
 
 def register() -> None:
@@ -94,6 +84,68 @@ def check_plugin_active(architecture: str) -> None:
                           "server.vllm_plugin:register")
 
 
+def engine_kwargs(identity, slots: list[tuple[str, str, str]], capacity: int = 0) -> dict:
+    """The vLLM engine arguments that enable steering for a model of `identity` (adapters.spec.ModelIdentity).
+
+    Args:
+        slots: (slot name, file, version) of each adapter the engine starts with, already validated
+            against the model; order fixes the adapter indices (1, 2, ...). May be empty: the processor
+            is still installed, so any steering request is refused rather than ignored. The engine reads
+            each file again in its own process and refuses one whose version changed.
+        capacity: for adapters at run time (`server.vllm_plugin.reload`): every site gets this many
+            adapter rows when the model is built, before any graph is compiled or captured, so loading
+            later only writes rows in place. 0: only the sites and rows of `slots`.
+
+    Returns {"hf_overrides": ..., "logits_processors": [...], "worker_extension_cls": ...} to merge into
+    the engine arguments, and sets ENGINE_ENV in os.environ. Raises PluginError when the plugin would not
+    be active in the engine or cannot steer the architecture.
+    """
+    from server.vllm_plugin.reload import EXTENSION_FQCN
+
+    kwargs: dict = {"logits_processors": [PROCESSOR_FQCN]}
+    if identity.architecture not in SUPPORTED_ARCHITECTURES:
+        if slots or capacity:
+            raise PluginError(f"fairsteer cannot steer {identity.architecture} models in vLLM (supported: "
+                              f"{', '.join(SUPPORTED_ARCHITECTURES)}); serve without adapters")
+        return kwargs
+    if capacity and capacity < len(slots):
+        raise PluginError(f"slot capacity {capacity} is below the {len(slots)} adapters given")
+    steered = steered_architecture(identity.architecture)
+    check_plugin_active(steered)
+    kwargs["hf_overrides"] = {"architectures": [steered], ADAPTERS_KEY: json.dumps([list(s) for s in slots]),
+                              BASE_ARCH_KEY: identity.architecture}
+    if capacity:
+        kwargs["hf_overrides"][CAPACITY_KEY] = capacity
+    kwargs["worker_extension_cls"] = EXTENSION_FQCN
+    os.environ.update(ENGINE_ENV)
+    return kwargs
+
+
+def offline_engine_kwargs(model: str, adapters: dict[str, str], capacity: int = 0) -> dict:
+    """`engine_kwargs` for vLLM's offline `LLM` in this process: reads the model config and each adapter
+    file once, names each slot by its adapter name, and publishes those names to the front-end checks.
+
+    Raises AdapterFormatError for a bad adapter or name, PluginError as `engine_kwargs`.
+    """
+    from adapters import io
+    from adapters.spec import AdapterFormatError, ModelIdentity
+
+    identity = ModelIdentity.from_config(_model_config(model))
+    slots = []
+    for name, path in adapters.items():
+        if problem := adapter_name_problem(name):
+            raise AdapterFormatError(problem)
+        path = str(Path(path).resolve())
+        try:
+            slots.append((name, path, io.load(path, identity).version))
+        except AdapterFormatError as exc:
+            raise AdapterFormatError(f"adapter {name!r}: {exc}") from None
+    kwargs = engine_kwargs(identity, slots, capacity)
+    names = tuple(name for name, _, _ in slots)
+    publish_slot_names(names + (FREE_SLOT,) * max(0, capacity - len(names)))
+    return kwargs
+
+
 def _model_config(model: str):
     from transformers import AutoConfig
 
@@ -104,54 +156,3 @@ def _model_config(model: str):
 
         raise AdapterFormatError(f"cannot read the model config of {model!r} to check the adapters "
                                  f"against it ({exc})") from None
-
-
-def engine_kwargs(model: str, adapters: dict[str, str], slot_capacity: int = 0) -> dict:
-    """Validate `adapters` against `model` and return the vLLM engine arguments that enable steering.
-
-    Args:
-        model: the model folder or name, as given to vLLM.
-        adapters: adapter name -> file. Order fixes the adapter indices (1, 2, ...). May be empty: the
-            processor is still installed, so any steering request is refused rather than ignored.
-        slot_capacity: for adapters at run time (`server.vllm_plugin.reload`): every site gets this many
-            adapter rows when the model is built, before any graph is compiled or captured, so loading
-            later only writes rows in place. 0: only the sites and rows of `adapters`.
-
-    Returns:
-        {"hf_overrides": ..., "logits_processors": [...]} to merge into the engine arguments. Also
-        applies `ENV` to os.environ. Raises AdapterFormatError for a bad adapter or name, and
-        PluginError when the plugin would not be active in the engine.
-    """
-    from adapters import io
-    from adapters.spec import AdapterFormatError, ModelIdentity
-
-    config = _model_config(model)
-    identity = ModelIdentity.from_config(config)
-    table = []
-    for name, path in adapters.items():
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise AdapterFormatError(f"adapter name {name!r} is not usable: use 1-64 letters, digits, '.', "
-                                     "'_' or '-', starting with a letter or digit")
-        path = str(Path(path).resolve())
-        try:
-            io.load(path, identity)
-        except AdapterFormatError as exc:
-            raise AdapterFormatError(f"adapter {name!r}: {exc}") from None
-        table.append([name, path])
-
-    kwargs: dict = {"logits_processors": [PROCESSOR_FQCN]}
-    if identity.architecture in SUPPORTED_ARCHITECTURES:
-        steered = steered_architecture(identity.architecture)
-        check_plugin_active(steered)
-        kwargs["hf_overrides"] = {"architectures": [steered], "fairsteer_adapters": json.dumps(table),
-                                  "fairsteer_base_architecture": identity.architecture}
-        if slot_capacity:
-            if slot_capacity < len(table):
-                raise AdapterFormatError(f"slot capacity {slot_capacity} is below the {len(table)} adapters given")
-            kwargs["hf_overrides"]["fairsteer_slot_capacity"] = slot_capacity
-    elif table:
-        raise AdapterFormatError(f"fairsteer cannot steer {identity.architecture} models in vLLM "
-                                 f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)}); serve without adapters")
-    os.environ.update(ENV)
-    set_front_end_adapters(tuple(name for name, _ in table))
-    return kwargs

@@ -1,6 +1,7 @@
 """Steered variants of vLLM's own model classes: same weights, same kernels, plus the steering op.
 
-`FairsteerLlamaForCausalLM` (and the Qwen2/Qwen3/Gemma3 ones) are vLLM's classes with two additions:
+`FairsteerLlamaForCausalLM` (and one for every architecture with a site map) are vLLM's classes with two
+additions:
   1. at construction, every norm module that some loaded adapter steers becomes a steered norm: its
      class gains `_SteeredNorm` in front (weights, names and vLLM's norm kernel are untouched) and it
      holds that site's (K, D) tables of all K adapters (zeros where an adapter does not steer the site);
@@ -22,6 +23,7 @@ from vllm.forward_context import get_forward_context, is_forward_context_availab
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.models.gemma3 import Gemma3ForCausalLM
 from vllm.model_executor.models.llama import LlamaForCausalLM
+from vllm.model_executor.models.mistral import MistralForCausalLM
 from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
 from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
 from vllm.model_executor.models.utils import PPMissingLayer
@@ -30,12 +32,15 @@ import server.vllm_plugin.ops  # noqa: F401  (registers torch.ops.fairsteer.*)
 from adapters import io
 from adapters.sites import all_sites, module_path
 from adapters.spec import AdapterFormatError, ModelIdentity
-from server.vllm_plugin.processor import FREE, PROCESSOR_FQCN
+from server.engine_boundary import (
+    ADAPTERS_KEY,
+    BASE_ARCH_KEY,
+    CAPACITY_KEY,
+    FREE_SLOT,
+    SUPPORTED_ARCHITECTURES,
+)
+from server.vllm_plugin.processor import PROCESSOR_FQCN
 from server.vllm_plugin.state import STATE
-
-ADAPTERS_KEY = "fairsteer_adapters"  # hf_config attribute: JSON [[name, path], ...]; index = position + 1
-BASE_ARCH_KEY = "fairsteer_base_architecture"
-CAPACITY_KEY = "fairsteer_slot_capacity"  # hf_config attribute: adapter rows at every site (run-time loading)
 
 
 class _SteeredNorm:
@@ -72,8 +77,9 @@ def _steer_module(norm: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:
     norm.fairsteer_fused = plain_rms and wanted
 
 
-def adapter_table(hf_config) -> list[tuple[str, str]]:
-    return [(name, path) for name, path in json.loads(getattr(hf_config, ADAPTERS_KEY, "[]"))]
+def adapter_table(hf_config) -> list[tuple[str, str, str]]:
+    """(slot name, file, version) of each start-up adapter; adapter index = position + 1."""
+    return [(name, path, version) for name, path, version in json.loads(getattr(hf_config, ADAPTERS_KEY, "[]"))]
 
 
 def _identity(hf_config) -> ModelIdentity:
@@ -95,17 +101,16 @@ def install_steering(model: nn.Module, vllm_config) -> None:
     base_arch = getattr(hf_config, BASE_ARCH_KEY)
     identity = _identity(hf_config)
     table = adapter_table(hf_config)
-    # Loaded again here, in the engine process: a file may have changed since engine_kwargs checked it.
-    specs = [io.load(path, identity) for _, path in table]
+    specs = [_load_unchanged(name, path, version, identity) for name, path, version in table]
     scheduler = vllm_config.scheduler_config
     device = next(model.parameters()).device
     STATE.allocate(scheduler.max_num_seqs, scheduler.max_num_batched_tokens, device)
-    STATE.adapter_names = tuple(name for name, _ in table)
+    STATE.adapter_names = tuple(name for name, _, _ in table)
 
     capacity = getattr(hf_config, CAPACITY_KEY, 0)
     if capacity:  # run-time loading: every site, all rows now, so later loads only write in place
         sites = list(all_sites(identity.num_layers))
-        STATE.adapter_names += (FREE,) * (capacity - len(specs))
+        STATE.adapter_names += (FREE_SLOT,) * (capacity - len(specs))
     else:
         sites = sorted({site for spec in specs for site in spec.sites})
     for site in sites:
@@ -122,6 +127,15 @@ def install_steering(model: nn.Module, vllm_config) -> None:
             raise AdapterFormatError(f"site {site!r} of {base_arch} is a {type(norm).__name__}, not a norm")
         _steer_module(norm, a, b)
     model.fairsteer_sites = tuple(sites)
+
+
+def _load_unchanged(name: str, path: str, version: str, identity: ModelIdentity):
+    """Read again here, in the engine process: the file must still be the version the front end checked."""
+    spec = io.load(path, identity)
+    if spec.version != version:
+        raise AdapterFormatError(f"adapter {name!r}: {path} changed while the server started (version "
+                                 f"{spec.version}, expected {version}); restart once the file is final")
+    return spec
 
 
 def prepare_step(positions: torch.Tensor) -> None:
@@ -149,26 +163,17 @@ class _SteeredCausalLM:
         return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
 
 
-class FairsteerLlamaForCausalLM(_SteeredCausalLM, LlamaForCausalLM):
-    pass
-
-
-class FairsteerQwen2ForCausalLM(_SteeredCausalLM, Qwen2ForCausalLM):
-    pass
-
-
-class FairsteerQwen3ForCausalLM(_SteeredCausalLM, Qwen3ForCausalLM):
-    pass
-
-
-class FairsteerGemma3ForCausalLM(_SteeredCausalLM, Gemma3ForCausalLM):
-    pass
-
-
-# Base architecture (as in a Hugging Face config) -> its steered class.
-STEERED_MODELS: dict[str, type[nn.Module]] = {
-    "LlamaForCausalLM": FairsteerLlamaForCausalLM,
-    "Qwen2ForCausalLM": FairsteerQwen2ForCausalLM,
-    "Qwen3ForCausalLM": FairsteerQwen3ForCausalLM,
-    "Gemma3ForCausalLM": FairsteerGemma3ForCausalLM,
+_VLLM_CLASSES: dict[str, type[nn.Module]] = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "MistralForCausalLM": MistralForCausalLM,
+    "Qwen2ForCausalLM": Qwen2ForCausalLM,
+    "Qwen3ForCausalLM": Qwen3ForCausalLM,
+    "Gemma3ForCausalLM": Gemma3ForCausalLM,
 }
+
+# Base architecture (as in a Hugging Face config) -> its steered class: vLLM's class behind the mixin.
+STEERED_MODELS: dict[str, type[nn.Module]] = {
+    arch: type(f"Fairsteer{arch}", (_SteeredCausalLM, _VLLM_CLASSES[arch]), {}) for arch in SUPPORTED_ARCHITECTURES
+}
+# Module attributes too, so the classes pickle and import by name like vLLM's own.
+globals().update({cls.__name__: cls for cls in STEERED_MODELS.values()})

@@ -11,34 +11,36 @@ Per request, `SamplingParams.extra_args` (the OpenAI `vllm_xargs` field) may car
     fairsteer_strength   float ≥ 0; absent or 0 means unsteered
 """
 
-import math
-
 import torch
 from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
+from server.engine_boundary import (
+    INTERNAL_ADAPTER_KEY,
+    INTERNAL_KEYS,
+    INTERNAL_STRENGTH_KEY,
+    strength_problem,
+)
 from server.vllm_plugin.state import STATE
 
 PROCESSOR_FQCN = "server.vllm_plugin.processor:SteeringStateProcessor"
-ADAPTER_KEY = "fairsteer_adapter"
-STRENGTH_KEY = "fairsteer_strength"
-FREE = ""  # the name of an empty adapter row: no request can ask for it
-_KEYS = (ADAPTER_KEY, STRENGTH_KEY)
 
-# Adapter names in index order (index = position + 1), known in the front-end process once
-# `engine_kwargs` ran there; the engine process learns them from the model config (`STATE.adapter_names`).
-_front_end_adapters: tuple[str, ...] | None = None
+# The front end's copy of the engine's slot names, in index order (index = position + 1). vLLM calls
+# `validate_params` as a classmethod in the front-end process, which has no other way to see them; the
+# engine process knows them from the model config (`STATE.adapter_names`). Written only through
+# `publish_slot_names`, by whoever owns the slots in that process (server.admin.AdapterSlots when serving).
+_front_end_slots: tuple[str, ...] | None = None
 
 
-def set_front_end_adapters(names: tuple[str, ...]) -> None:
-    global _front_end_adapters
-    _front_end_adapters = tuple(names)
+def publish_slot_names(names: tuple[str, ...]) -> None:
+    global _front_end_slots
+    _front_end_slots = tuple(names)
 
 
-def _known_adapters() -> tuple[str, ...] | None:
-    if _front_end_adapters is not None:
-        return _front_end_adapters
+def _known_slots() -> tuple[str, ...] | None:
+    if _front_end_slots is not None:
+        return _front_end_slots
     return getattr(STATE, "adapter_names", None)
 
 
@@ -53,35 +55,33 @@ class SteeringParamError(ValueError):
 def parse_steering(extra_args: dict | None, names: tuple[str, ...] | None) -> tuple[float, int]:
     """(strength, adapter index) of one request; (0.0, 0) when unsteered. Raises SteeringParamError."""
     extra_args = extra_args or {}
-    unknown = sorted(k for k in extra_args if k.startswith("fairsteer") and k not in _KEYS)
+    unknown = sorted(k for k in extra_args if k.startswith("fairsteer") and k not in INTERNAL_KEYS)
     if unknown:
-        raise SteeringParamError(unknown[0],
-                                 f"unknown steering field(s) {unknown}; the engine reads only {list(_KEYS)}")
-    strength = extra_args.get(STRENGTH_KEY)
-    adapter = extra_args.get(ADAPTER_KEY)
-    if strength is None:
+        raise SteeringParamError(unknown[0], f"unknown steering field(s) {unknown}; the engine reads only "
+                                             f"{list(INTERNAL_KEYS)}")
+    strength = extra_args.get(INTERNAL_STRENGTH_KEY)
+    if strength is None:  # absent: unsteered
         strength = 0.0
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
-        raise SteeringParamError(STRENGTH_KEY,
-                                 f"{STRENGTH_KEY} must be a number, got {strength!r}")
+    if problem := strength_problem(strength, INTERNAL_STRENGTH_KEY):
+        raise SteeringParamError(INTERNAL_STRENGTH_KEY, problem)
     strength = float(strength)
-    if not math.isfinite(strength) or strength < 0:
-        raise SteeringParamError(STRENGTH_KEY, f"{STRENGTH_KEY} must be finite and ≥ 0, got {strength!r}")
+    adapter = extra_args.get(INTERNAL_ADAPTER_KEY)
     if adapter is None:
         if strength != 0:
-            message = f"{STRENGTH_KEY}={strength} needs {ADAPTER_KEY}, a loaded adapter's name"
-            raise SteeringParamError(STRENGTH_KEY, message)
+            message = f"{INTERNAL_STRENGTH_KEY}={strength} needs {INTERNAL_ADAPTER_KEY}, a loaded adapter's name"
+            raise SteeringParamError(INTERNAL_STRENGTH_KEY, message)
         return 0.0, 0
     if not isinstance(adapter, str) or not adapter:
-        raise SteeringParamError(ADAPTER_KEY,
-                                 f"{ADAPTER_KEY} must be a string naming a loaded adapter, got {adapter!r}")
+        raise SteeringParamError(INTERNAL_ADAPTER_KEY,
+                                 f"{INTERNAL_ADAPTER_KEY} must be a string naming a loaded adapter, got {adapter!r}")
     if names is None:
-        raise SteeringParamError(ADAPTER_KEY, "this vLLM process does not know the fairsteer adapters: build "
-                                              "the engine arguments with server.vllm_plugin.engine_kwargs()")
+        raise SteeringParamError(INTERNAL_ADAPTER_KEY, "this vLLM process does not know the fairsteer adapters: build "
+                                              "the engine arguments with server.vllm_plugin."
+                                              "offline_engine_kwargs()")
     if adapter not in names:
         loaded = ", ".join(names) if names else "none"
-        raise SteeringParamError(ADAPTER_KEY,
-                                 f"{ADAPTER_KEY}={adapter!r} is not a loaded adapter (loaded: {loaded})")
+        raise SteeringParamError(INTERNAL_ADAPTER_KEY,
+                                 f"{INTERNAL_ADAPTER_KEY}={adapter!r} is not a loaded adapter (loaded: {loaded})")
     if strength == 0:
         return 0.0, 0
     return strength, names.index(adapter) + 1
@@ -93,7 +93,7 @@ class SteeringStateProcessor(LogitsProcessor):
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
         try:
-            parse_steering(sampling_params.extra_args, _known_adapters())
+            parse_steering(sampling_params.extra_args, _known_slots())
         except SteeringParamError as exc:
             raise VLLMValidationError(str(exc), parameter=exc.field) from None
 
@@ -114,7 +114,7 @@ class SteeringStateProcessor(LogitsProcessor):
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if batch_update is None:
             return
-        names = _known_adapters()
+        names = _known_slots()
         # vLLM's documented order: removed, then added, then moved.
         for row in batch_update.removed:
             STATE.clear_row(row)

@@ -174,10 +174,10 @@ def test_undeclared_names_are_capped_when_the_server_never_declares_them(monkeyp
     assert len(models) == group_metrics._MAX_UNDECLARED_MODELS
 
 
-def test_a_bad_lexicon_is_a_usage_error_for_the_command_line(tmp_path):
-    from server.cli import UsageError
+def test_a_bad_lexicon_is_a_start_up_error_the_command_line_prints(tmp_path):
+    from cli.main import user_errors
 
-    assert issubclass(LexiconError, UsageError), "fairsteer serve prints it without a traceback (exit 2)"
+    assert issubclass(LexiconError, user_errors()), "fairsteer serve prints it without a traceback (exit 2)"
 
 
 def test_metrics_aggregate_in_vllms_multiprocess_mode(tmp_path):

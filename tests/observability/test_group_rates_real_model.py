@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from server_process import ServerProcess, fairsteer_argv, free_port
 
 from bench.group_rates import SHIPPED, complete_all, group_completions
-from server.launch import ServerProcess, fairsteer_argv, free_port
 from trainer import continuation
-from trainer.data import majority_is_female
+from trainer.occupations import majority_is_female
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

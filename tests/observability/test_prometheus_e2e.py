@@ -53,7 +53,7 @@ def served(tmp_path_factory):
     model_dir = save_tiny_model(tmp / "model", "LlamaForCausalLM", seed=0)
     adapters = {name: _constructed_adapter(model_dir, name, tmp) for name in ("shift_he", "random")}
     port = free_port()
-    # The console script, as users run it (`python -m server.cli` has its own copy of UsageError).
+    # The console script, as users run it.
     command = [FAIRSTEER, "serve", "--model", str(model_dir), "--port", str(port),
                *[f"--adapter={name}={path}" for name, path in adapters.items()],
                "--", "--served-model-name", MODEL, "--max-model-len", "512", "--kv-cache-memory-bytes",

@@ -13,16 +13,14 @@ Each test module shares one server (start-up costs about 30-60 s on 2 cores).
 from pathlib import Path
 
 import pytest
-from reliability.helpers import ADMIN_KEY, API_KEY
+from reliability.helpers import ADMIN_KEY, API_KEY, ENGINE
+from server_process import ServerProcess, fairsteer_argv, free_port
 from tiny_models import save_tiny_model, tiny_config
 from transformers import AutoConfig
 
 from adapters import io
 from adapters.spec import ModelIdentity, random_spec
-from server.launch import ServerProcess, fairsteer_argv, free_port
 
-# Small engine: 256 tokens of context are enough for every prompt here and bound any generation.
-ENGINE = ("--kv-cache-memory-bytes", str(64 * 1024**2), "--max-model-len", "256")
 
 
 def random_adapter(name: str, identity: ModelIdentity, seed: int, path: Path) -> Path:
@@ -61,6 +59,8 @@ def start_server(rel_model, tmp_path_factory):
         port = free_port()
         log = tmp_path_factory.mktemp("rel-logs") / f"server-{port}.log"
         env = {"FAIRSTEER_API_KEY": API_KEY, "FAIRSTEER_ADMIN_KEY": ADMIN_KEY}
+        if "--adapter-dir" in options and "--adapter-record" not in options:  # servers share adapter_dir
+            options += ("--adapter-record", str(log.with_suffix(".record.json")))
         server = ServerProcess(fairsteer_argv(str(rel_model), adapters, port, fairsteer_options=options,
                                               engine_options=ENGINE + engine), port, log, env=env)
         started.append(server)

@@ -2,6 +2,8 @@
 
 API_KEY = "test-api-key-0123456789"
 ADMIN_KEY = "test-admin-key-9876543210"
+# Small engine: 256 tokens of context are enough for every prompt here and bound any generation.
+ENGINE = ("--kv-cache-memory-bytes", str(64 * 1024**2), "--max-model-len", "256")
 
 
 def api_headers(key: str = API_KEY) -> dict[str, str]:

@@ -136,6 +136,45 @@ def test_malformed_bodies_and_unknown_routes_get_openai_errors(server):
     assert_openai_error(httpx.delete(server.url + "/v1/completions", headers=api_headers()), 405)
 
 
+def _nested(depth: int, leaf: str = "[1]") -> bytes:
+    return ("[" * depth + leaf + "]" * depth).encode()
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/tokenize", "/v1/admin/adapters/A"])
+def test_deeply_nested_bodies_get_a_400_not_a_500(server, model, before, path):
+    headers = {**api_headers(ADMIN_KEY if "admin" in path else API_KEY), "content-type": "application/json"}
+    method = "PUT" if "admin" in path else "POST"
+    for depth in (65, 1000, 5000, 20000):
+        for body in (b'{"model": "%s", "prompt": ' % model.encode() + _nested(depth) + b"}", _nested(depth)):
+            r = httpx.request(method, server.url + path, content=body, headers=headers, timeout=60)
+            error = assert_openai_error(r, 400)
+            assert "deeper" in error["message"], (path, depth, error)
+    assert token_ids(server, model, fairness_strength=1.0, steering="B") == before[1]
+
+
+@settings(max_examples=60, deadline=None, database=None, derandomize=True,
+          suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+@given(depth=st.integers(1, 3000), width=st.integers(1, 400), wrap=st.sampled_from(["prompt", "messages", "top"]))
+def test_fuzzed_nesting_depth_and_size_never_get_a_5xx(server, model, depth, width, wrap):
+    inner = _nested(depth, ",".join(["1"] * width))
+    body = {"prompt": b'{"model": "%s", "max_tokens": 1, "prompt": ' % model.encode() + inner + b"}",
+            "messages": b'{"model": "%s", "max_tokens": 1, "messages": ' % model.encode() + inner + b"}",
+            "top": inner}[wrap]
+    path = "/v1/chat/completions" if wrap == "messages" else "/v1/completions"
+    r = httpx.post(server.url + path, content=body, headers={**api_headers(), "content-type": "application/json"},
+                   timeout=60)
+    assert r.status_code < 500, (depth, width, wrap, r.text[:300])
+    if r.status_code >= 400:
+        assert_openai_error(r, r.status_code)
+
+
+@pytest.mark.parametrize(("key", "public"), [("fairsteer_strength", "fairness_strength"),
+                                             ("fairsteer_adapter", "steering")])
+def test_internal_engine_keys_from_a_client_get_a_400_naming_the_public_field(server, model, key, public):
+    error = assert_openai_error(greedy(server, model, vllm_xargs={key: 50}), 400)
+    assert error["param"] == f"vllm_xargs.{key}" and repr(public) in error["message"], error
+
+
 def _fuzz(schema, url, path, method, model, mode, failures) -> int:
     """Runs the cases; returns how many reached the server."""
     operation = schema[path][method]

@@ -13,9 +13,10 @@ from vllm import LLM
 
 from adapters import io
 from adapters.spec import ModelIdentity, random_spec
-from server.vllm_plugin import ADAPTER_KEY, STRENGTH_KEY, engine_kwargs
-from server.vllm_plugin.processor import set_front_end_adapters
-from server.vllm_plugin.reload import EXTENSION_FQCN
+from server.engine_boundary import INTERNAL_ADAPTER_KEY as ADAPTER_KEY
+from server.engine_boundary import INTERNAL_STRENGTH_KEY as STRENGTH_KEY
+from server.vllm_plugin import offline_engine_kwargs
+from server.vllm_plugin.processor import publish_slot_names
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -28,7 +29,7 @@ def test_run_time_slot_writes_reach_the_compiled_model(tmp_path):
     files = {name: str(io.save(spec, tmp_path / f"{name}.safetensors")) for name, spec in specs.items()}
     llm = LLM(model=str(model), enforce_eager=False, distributed_executor_backend="uni", dtype="float32",
               kv_cache_memory_bytes=64 << 20, max_model_len=512, seed=0, max_num_seqs=4,
-              worker_extension_cls=EXTENSION_FQCN, **engine_kwargs(str(model), files, slot_capacity=4))
+              **offline_engine_kwargs(str(model), files, capacity=4))
     try:
         def run(adapter):
             extra = None if adapter is None else {ADAPTER_KEY: adapter, STRENGTH_KEY: 1.0}
@@ -37,12 +38,15 @@ def test_run_time_slot_writes_reach_the_compiled_model(tmp_path):
         def write(slot, name, spec):
             args = (slot, name, list(spec.sites), spec.a.tolist(), spec.b.tolist())
             assert llm.collective_rpc("fairsteer_write_slot", args=args) == [name]
-            set_front_end_adapters(tuple(llm.collective_rpc("fairsteer_slot_names")[0]))  # as server.admin does
+            publish_slot_names(tuple(slot_table()["slots"]))  # as server.admin.AdapterSlots does
 
-        (sites,) = llm.collective_rpc("fairsteer_prepare", args=(4, ["A@1", "B@1"]))
-        set_front_end_adapters(("A@1", "B@1", "", ""))
-        assert len(sites) == 2 * identity.num_layers + 1, "every site has its rows from the start"
-        plain, with_a, with_b = run(None), run("A@1"), run("B@1")
+        def slot_table():
+            (table,) = llm.collective_rpc("fairsteer_slot_table")
+            return table
+
+        assert slot_table()["slots"] == ["A", "B", "", ""]
+        assert len(slot_table()["sites"]) == 2 * identity.num_layers + 1, "every site has its rows from the start"
+        plain, with_a, with_b = run(None), run("A"), run("B")
         assert with_a != plain and with_b != plain and with_a != with_b
 
         write(3, "A@2", specs["A"])
@@ -50,7 +54,7 @@ def test_run_time_slot_writes_reach_the_compiled_model(tmp_path):
         write(1, "B@2", specs["B"])
         assert run("B@2") == with_b, "a slot overwritten at run time takes the new tables"
         write(1, "", specs["B"])
-        assert llm.collective_rpc("fairsteer_slot_names") == [["", "B@1", "A@2", ""]]
-        assert run("A@2") == with_a and run("B@1") == with_b, "other slots are untouched"
+        assert slot_table()["slots"] == ["", "B", "A@2", ""]
+        assert run("A@2") == with_a and run("B") == with_b, "other slots are untouched"
     finally:
         llm.llm_engine.engine_core.shutdown()

@@ -14,10 +14,10 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from server.admin import AdapterManager, AdminError, AdminSettings
-from server.cli import UsageError
-from server.reliability import DEFAULT_DRAIN_S, configure
+from server.admin import AdapterAdmin, AdminError
+from server.errors import ServeConfigError
 from server.security import SecurityMiddleware, SecuritySettings
+from server.settings import DEFAULT_DRAIN_S, AdminSettings, ServeOptions, _admin, _security, drain_kwargs
 
 LIMIT = 2048
 
@@ -80,11 +80,13 @@ def test_a_root_path_prefix_does_not_dodge_the_key_checks(app):
 
 
 def test_a_root_path_prefix_does_not_dodge_steering():
+    from server.admin import AdapterSlots
     from server.registry import SteeringRegistry
     from server.steering_api import SteeringMiddleware
 
     unsteered = SteeringRegistry("m", {}, None, 0.0, 1.0)
-    app = SteeringMiddleware(Starlette(routes=[Route("/v1/completions", echo, methods=["POST"])]), lambda: unsteered)
+    app = SteeringMiddleware(Starlette(routes=[Route("/v1/completions", echo, methods=["POST"])]), lambda: unsteered,
+                             AdapterSlots(None, unsteered, 0))
     r = request(app, "POST", "/api/v1/completions", root_path="/api", json={"prompt": "x", "fairness_strength": 0.5})
     assert "no steering adapter" in assert_openai_error(r, 400)["message"], "must be checked as a completion"
 
@@ -171,7 +173,7 @@ def test_adapter_files_only_from_the_configured_folders(tmp_path):
     (served / "sub" / "deep.safetensors").write_bytes(b"x")
     (other / "secret.safetensors").write_bytes(b"x")
     (served / "link.safetensors").symlink_to(other / "secret.safetensors")
-    manager = AdapterManager(None, None, None, AdminSettings((served.resolve(),), 4))
+    manager = AdapterAdmin(None, None, None, AdminSettings((served.resolve(),), 4))
     assert manager.resolve_file("ok.safetensors") == (served / "ok.safetensors").resolve()
     assert manager.resolve_file("sub/deep.safetensors") == (served / "sub" / "deep.safetensors").resolve()
     for bad, status in [("../other/secret.safetensors", 400), (str(other / "secret.safetensors"), 400),
@@ -183,58 +185,57 @@ def test_adapter_files_only_from_the_configured_folders(tmp_path):
         assert info.value.status == status, (bad, info.value.message)
 
 
-def _serve_args(**overrides):
-    import argparse
+def _serve_options(**overrides) -> ServeOptions:
+    return ServeOptions(**{"max_request_bytes": LIMIT, **overrides})
 
-    values = {"api_key": None, "admin_key": None, "max_request_bytes": LIMIT, "adapter_dir": [],
-              "max_adapters": 8, "drain_timeout": DEFAULT_DRAIN_S, **overrides}
-    return argparse.Namespace(**values)
+
+def _configure(options: ServeOptions, vllm_options: list[str]) -> None:
+    """The start-up checks of `build_settings` that need no model."""
+    _admin(options, _security(options), {}, vllm_options)
 
 
 @pytest.mark.parametrize(("overrides", "options", "words"), [
-    ({"adapter_dir": ["."]}, ["--enforce-eager"], "needs an admin key"),
-    ({"adapter_dir": ["/no/such/dir"], "admin_key": ADMIN_KEY}, ["--enforce-eager"], "not a directory"),
-    ({"adapter_dir": ["."], "admin_key": ADMIN_KEY, "max_adapters": 0}, ["--enforce-eager"], "between 1 and 64"),
-    ({"adapter_dir": ["."], "admin_key": ADMIN_KEY}, ["--api-server-count", "2"], "one API server process"),
-    ({"adapter_dir": ["."], "admin_key": ADMIN_KEY}, ["--api-server-count=4"], "one API server process"),
+    ({"adapter_dirs": ["."]}, ["--enforce-eager"], "needs an admin key"),
+    ({"adapter_dirs": ["/no/such/dir"], "admin_key": ADMIN_KEY}, ["--enforce-eager"], "not a directory"),
+    ({"adapter_dirs": ["."], "admin_key": ADMIN_KEY, "max_adapters": 0}, ["--enforce-eager"], "between 1 and 64"),
+    ({"adapter_dirs": ["."], "admin_key": ADMIN_KEY}, ["--api-server-count", "2"], "one API server process"),
+    ({"adapter_dirs": ["."], "admin_key": ADMIN_KEY}, ["--api-server-count=4"], "one API server process"),
     ({"drain_timeout": -1}, [], "--drain-timeout"),
     ({"api_key": "short"}, [], "at least 8"),
 ])
 def test_serve_flags_that_cannot_work_stop_start_up_with_the_fix(overrides, options, words, monkeypatch):
     monkeypatch.delenv("FAIRSTEER_API_KEY", raising=False)
     monkeypatch.delenv("FAIRSTEER_ADMIN_KEY", raising=False)
-    with pytest.raises(UsageError, match=words):
-        configure(_serve_args(**overrides), "unused-model", None, {}, {}, options)
+    with pytest.raises(ServeConfigError, match=words):
+        _configure(_serve_options(**overrides), options)
 
 
 def test_vllm_dev_mode_is_refused_on_a_server_with_an_api_key(monkeypatch):
     monkeypatch.delenv("FAIRSTEER_API_KEY", raising=False)
     monkeypatch.delenv("FAIRSTEER_ADMIN_KEY", raising=False)
     monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
-    with pytest.raises(UsageError, match="VLLM_SERVER_DEV_MODE"):
-        configure(_serve_args(api_key=API_KEY), "m", None, {}, {}, [])
-    configure(_serve_args(), "m", None, {}, {}, [])  # an open loopback server may use it
+    with pytest.raises(ServeConfigError, match="VLLM_SERVER_DEV_MODE"):
+        _configure(_serve_options(api_key=API_KEY), [])
+    _configure(_serve_options(), [])  # an open loopback server may use it
     monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "0")
-    configure(_serve_args(api_key=API_KEY), "m", None, {}, {}, [])
+    _configure(_serve_options(api_key=API_KEY), [])
 
 
-def test_serve_drains_by_default_unless_vllm_shutdown_timeout_is_given(monkeypatch):
-    monkeypatch.delenv("FAIRSTEER_API_KEY", raising=False)
-    monkeypatch.delenv("FAIRSTEER_ADMIN_KEY", raising=False)
-    assert configure(_serve_args(), "m", None, {}, {}, [])["shutdown_timeout"] == DEFAULT_DRAIN_S
-    assert "shutdown_timeout" not in configure(_serve_args(), "m", None, {}, {}, ["--shutdown-timeout", "5"])
-    assert "shutdown_timeout" not in configure(_serve_args(), "m", None, {}, {}, ["--shutdown-timeout=5"])
+def test_serve_drains_by_default_unless_vllm_shutdown_timeout_is_given():
+    assert drain_kwargs(_serve_options(), []) == {"shutdown_timeout": DEFAULT_DRAIN_S}
+    assert drain_kwargs(_serve_options(), ["--shutdown-timeout", "5"]) == {}
+    assert drain_kwargs(_serve_options(), ["--shutdown-timeout=5"]) == {}
 
 
 @pytest.mark.parametrize("name", ["ok\n", "with space", "-dash-first", "", "x" * 65, "naïve"])
 def test_adapter_names_that_cannot_travel_in_headers_are_refused(name):
     from server.admin import _check_name
-    from server.serve_command import _adapter_table
+    from server.settings import _adapter_table
 
     with pytest.raises(AdminError, match="not usable") as info:
         _check_name(name)
     assert info.value.status == 400
     if name:  # an empty name is refused earlier, as NAME=FILE malformed
-        with pytest.raises(UsageError, match="not usable"):
-            _adapter_table([f"{name}=a.safetensors"], "m")
+        with pytest.raises(ServeConfigError, match="not usable"):
+            _adapter_table((f"{name}=a.safetensors",), "m")
     _check_name("dso-v2.1_final")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from server_process import ServerProcess, fairsteer_argv, free_port
 
-from server import cli, serve_command
-from server.launch import ServerProcess, fairsteer_argv, free_port
+from cli import main as cli
+from server import settings
 
 FAIRSTEER = str(Path(sys.executable).parent / "fairsteer")
 ENGINE = ("--kv-cache-memory-bytes", str(64 * 1024**2), "--max-model-len", "512")
@@ -70,12 +71,12 @@ def test_bad_options_are_refused_with_the_fix(tiny_llama, boost_adapter, args, w
 
 def test_default_model_without_shipped_adapter_serves_unsteered_loudly(monkeypatch, tmp_path, capsys):
     missing = tmp_path / "absent.safetensors"
-    monkeypatch.setitem(serve_command.SHIPPED_ADAPTERS, serve_command.DEFAULT_MODEL, ("dso", missing))
-    assert serve_command._adapter_table([], serve_command.DEFAULT_MODEL) == {}
+    monkeypatch.setitem(settings.SHIPPED_ADAPTERS, settings.DEFAULT_MODEL, ("dso", missing))
+    assert settings._adapter_table((), settings.DEFAULT_MODEL) == {}
     assert "UNSTEERED" in capsys.readouterr().err
     missing.write_bytes(b"x")
-    assert serve_command._adapter_table([], serve_command.DEFAULT_MODEL) == {"dso": str(missing)}
-    assert serve_command._adapter_table(["mine=f"], serve_command.DEFAULT_MODEL) == {"mine": "f"}
+    assert settings._adapter_table((), settings.DEFAULT_MODEL) == {"dso": str(missing)}
+    assert settings._adapter_table(("mine=f",), settings.DEFAULT_MODEL) == {"mine": "f"}
 
 
 @pytest.mark.vllm

@@ -15,7 +15,9 @@ from vllm import LLM
 
 from adapters import io
 from adapters.spec import ModelIdentity, random_spec
-from server.vllm_plugin import ADAPTER_KEY, STRENGTH_KEY, engine_kwargs
+from server.engine_boundary import INTERNAL_ADAPTER_KEY as ADAPTER_KEY
+from server.engine_boundary import INTERNAL_STRENGTH_KEY as STRENGTH_KEY
+from server.vllm_plugin import offline_engine_kwargs
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -36,7 +38,7 @@ def test_steered_architecture_serves_per_request_strengths(arch, mode, tmp_path,
     monkeypatch.setenv("FAIRSTEER_FUSED_NORM", "1" if mode == "eager-fused" else "0")  # engine inherits it
     llm = LLM(model=str(model), enforce_eager=mode != "compiled", distributed_executor_backend="uni",
               dtype="float32", kv_cache_memory_bytes=64 << 20, max_model_len=512, seed=0, max_num_seqs=4,
-              **engine_kwargs(str(model), {"rand": random_adapter(model, tmp_path)}))
+              **offline_engine_kwargs(str(model), {"rand": random_adapter(model, tmp_path)}))
     try:
         def rand(strength):
             return {ADAPTER_KEY: "rand", STRENGTH_KEY: strength}

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from server.vllm_plugin.processor import ADAPTER_KEY, STRENGTH_KEY, SteeringParamError, parse_steering
+from server.engine_boundary import INTERNAL_ADAPTER_KEY as ADAPTER_KEY
+from server.engine_boundary import INTERNAL_STRENGTH_KEY as STRENGTH_KEY
+from server.vllm_plugin.processor import SteeringParamError, parse_steering
 from server.vllm_plugin.state import SteeringState
 
 

@@ -12,9 +12,9 @@ import json
 import httpx
 import openai
 import pytest
+from server_process import ServerProcess, fairsteer_argv, free_port, plain_vllm_argv
 
 from adapters import io
-from server.launch import ServerProcess, fairsteer_argv, free_port, plain_vllm_argv
 
 pytestmark = pytest.mark.vllm
 

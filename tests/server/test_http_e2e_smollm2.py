@@ -6,11 +6,11 @@ Slow (about a minute of start-up on one core).
 
 import openai
 import pytest
+from server_process import ServerProcess, fairsteer_argv, free_port
 from transformers import AutoConfig
 
 from adapters import io
 from adapters.spec import ModelIdentity, random_spec
-from server.launch import ServerProcess, fairsteer_argv, free_port
 
 MODEL = "smollm2-135m-instruct"
 QUESTION = [{"role": "user", "content": "The nurse called the doctor because she was late. Who was late?"}]

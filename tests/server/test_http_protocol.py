@@ -8,9 +8,8 @@ import math
 
 import pytest
 
+from server.engine_boundary import INTERNAL_ADAPTER_KEY, INTERNAL_STRENGTH_KEY
 from server.protocol import (
-    INTERNAL_ADAPTER_KEY,
-    INTERNAL_STRENGTH_KEY,
     Applied,
     Policy,
     SteeringError,
@@ -76,20 +75,30 @@ def test_strength_without_any_adapter_is_refused_but_zero_is_served():
         resolve({"steering": "fair"}, UNSTEERED)
 
 
-def test_rewrite_sets_internal_keys_and_overwrites_a_clients():
-    body = {"prompt": "x", "fairness_strength": 0.5, "steering": "other",
-            "vllm_xargs": {INTERNAL_STRENGTH_KEY: 9.0, INTERNAL_ADAPTER_KEY: "evil", "mine": 1}}
+def test_rewrite_sets_internal_keys_naming_the_pinned_version():
+    body = {"prompt": "x", "fairness_strength": 0.5, "steering": "other", "vllm_xargs": {"mine": 1}}
     applied = resolve(body, POLICY)
     out = rewrite(body, applied)
     assert "fairness_strength" not in out and "steering" not in out
-    assert out["vllm_xargs"] == {"mine": 1, INTERNAL_ADAPTER_KEY: "other", INTERNAL_STRENGTH_KEY: 0.5}
+    assert out["vllm_xargs"] == {"mine": 1, INTERNAL_ADAPTER_KEY: "other@bbbbbbbbbbbb", INTERNAL_STRENGTH_KEY: 0.5}
     assert out["cache_salt"] == cache_salt(applied, None)
 
 
+@pytest.mark.parametrize(("key", "public"), [(INTERNAL_STRENGTH_KEY, "fairness_strength"),
+                                             (INTERNAL_ADAPTER_KEY, "steering")])
+def test_internal_keys_sent_by_a_client_are_refused_naming_the_public_field(key, public):
+    for body in ({"prompt": "x", "vllm_xargs": {key: 50}}, {"prompt": "x", key: 50},
+                 {"prompt": "x", "fairness_strength": 0, "vllm_xargs": {key: "evil"}}):
+        with pytest.raises(SteeringError) as info:
+            resolve(body, POLICY)
+        assert key in info.value.param and repr(public) in info.value.message
+
+
 def test_unsteered_rewrite_leaves_no_internal_keys_and_no_salt():
-    body = {"prompt": "x", "fairness_strength": 0, "vllm_xargs": {INTERNAL_STRENGTH_KEY: 1.0}}
+    body = {"prompt": "x", "fairness_strength": 0, "vllm_xargs": {"mine": 1}}
     out = rewrite(body, resolve(body, POLICY))
-    assert out == {"prompt": "x"}, "strength 0 must reach vLLM exactly as a plain request"
+    assert out == {"prompt": "x", "vllm_xargs": {"mine": 1}}, "strength 0 must reach vLLM as a plain request"
+    assert rewrite({"prompt": "x", "fairness_strength": 0}, resolve({"fairness_strength": 0}, POLICY)) == {"prompt": "x"}
 
 
 def test_cache_salt_differs_per_setting_and_keeps_the_clients_salt():

@@ -1,6 +1,6 @@
 """Engine-level overhead of steering: plain vLLM vs the steered model, in one process, rounds alternating.
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m server.vllm_plugin.bench [--model PATH] [--rounds 5] [--compile]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/engine_overhead.py [--model PATH] [--rounds 5] [--compile]
 
 Without --model a tiny random Llama is built in a temporary folder (the worst case for relative overhead:
 its matmuls are tiny). Two random adapters at every site are constructed for the model. Each round runs the
@@ -55,12 +55,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from vllm import LLM
 
-    from server.vllm_plugin import engine_kwargs
+    from server.vllm_plugin import offline_engine_kwargs
 
     tmp = Path(tempfile.mkdtemp(prefix="fairsteer-bench-"))
     model = args.model
     if model is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' tiny model
         from tiny_models import save_tiny_model
 
         model = str(save_tiny_model(tmp / "tiny-llama"))
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     engine = {"enforce_eager": not args.compile, "distributed_executor_backend": "uni", "dtype": "float32",
               "kv_cache_memory_bytes": 256 << 20, "max_model_len": 512, "seed": 0}
     plain = LLM(model=model, **engine)
-    steered = LLM(model=model, **engine, **engine_kwargs(model, adapters))
+    steered = LLM(model=model, **engine, **offline_engine_kwargs(model, adapters))
 
     mixed = [{"fairsteer_adapter": ("one", "two")[i % 2], "fairsteer_strength": (0, 0.25, 0.5, 1.0)[i % 4]}
              for i in range(args.prompts)]

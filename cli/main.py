@@ -6,26 +6,30 @@
     fairsteer train --method dso --model M --out FILE              train an adapter (dso, caa, mean-diff)
     fairsteer eval --model M --adapter FILE --out DIR              measure bias/capability per strength
 
-Each subcommand lives beside the code it drives and exposes `register(subparsers)`, which adds its parser
-and sets `run`; modules import their heavy dependencies (torch, vLLM) inside `run`, so `--help` is fast.
-Errors a user can fix are raised as `UsageError` (or `AdapterFormatError`) and printed without a traceback.
+Each subcommand module here exposes `register(subparsers)`, which adds its parser and sets `run`; modules
+import their heavy dependencies (torch, vLLM) inside `run`, so `--help` is fast. The lower layers raise
+their own exceptions (`USER_ERRORS`); they are printed as one line naming the problem, without a traceback.
 """
 
 import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = (
-    "server.serve_command",
-    "adapters.model_store",
-    "adapters.inspect",
-    "trainer.train_command",
-    "trainer.eval_command",
-)
+COMMAND_MODULES = ("cli.serve", "cli.model", "cli.adapter", "cli.train", "cli.eval")
 
 
 class UsageError(Exception):
-    """A problem the user can fix; the message names it and the fix."""
+    """A command-line problem the user can fix; the message names it and the fix."""
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Every layer's "the user can fix this" exception (imported late: they pull in torch)."""
+    from adapters.model_store import ModelPullError
+    from adapters.spec import AdapterFormatError
+    from server.errors import ServeConfigError
+    from trainer.errors import TrainerError
+
+    return UsageError, AdapterFormatError, ModelPullError, ServeConfigError, TrainerError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,12 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from adapters.spec import AdapterFormatError
-
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
-    except (UsageError, AdapterFormatError) as exc:
+    except user_errors() as exc:
         print(f"fairsteer {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -50,7 +52,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, so `UsageError` raised by subcommands is this same class.
-    from server.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Start a real server as a subprocess on 127.0.0.1, wait until it is healthy, stop it by its PID.
 
-Used by the HTTP tests and `bench/serve_overhead.py`, for fairsteer and for plain vLLM (the reference),
+Used by the HTTP tests and the bench/ scripts, for fairsteer and for plain vLLM (the reference),
 with the same engine options so the two differ only by fairsteer:
 
     with ServerProcess(fairsteer_argv(model, {"boost": path}, port), port, log) as server:
@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
-from server.serve_command import engine_defaults
+from server.settings import engine_defaults
 
 
 def free_port() -> int:
@@ -28,7 +28,7 @@ def free_port() -> int:
 
 def fairsteer_argv(model: str, adapters: dict[str, str], port: int, *, fairsteer_options: tuple = (),
                    engine_options: tuple = ()) -> list[str]:
-    # The installed console script, as a user runs it (`python -m server.cli` would load cli.py twice).
+    # The installed console script, as a user runs it.
     argv = [str(Path(sys.executable).parent / "fairsteer"), "serve", "--model", model, "--port", str(port)]
     for name, path in adapters.items():
         argv += ["--adapter", f"{name}={path}"]
@@ -96,7 +96,7 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)  # the group is this server's own session
         except ProcessLookupError:
             pass
-        self.proc.wait(5)
+        self.proc.wait(30)  # a loaded 2-core machine can take a while to reap the group
 
     def __enter__(self) -> Self:
         self.start()
