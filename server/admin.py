@@ -31,6 +31,7 @@ from adapters import io
 from adapters.spec import AdapterFormatError, ModelIdentity
 from server.asgi import BodyError, openai_error, parse_json
 from server.engine_boundary import FREE_SLOT, adapter_name_problem, slot_name
+from server.engine_tables import slot_problems, table_problems
 from server.errors import ServeConfigError
 from server.registry import LoadedAdapter, SteeringRegistry
 from server.settings import AdminSettings
@@ -52,20 +53,25 @@ class AdapterSlots:
     start-up adapters and never changes; with it, `AdapterAdmin` writes slots at run time.
     """
 
-    def __init__(self, engine_client, registry: SteeringRegistry, capacity: int):
+    def __init__(self, engine_client, registry: SteeringRegistry, capacity: int, hidden_size: int):
         self.engine = engine_client
+        self.hidden_size = hidden_size  # of the model: what an empty slot's rows are checked against
         self.names = [a.slot for a in registry.adapters.values()]
         self.names += [FREE_SLOT] * (capacity - len(self.names))
         self.in_flight: Counter[str] = Counter()
         publish_slot_names(tuple(self.names))
 
-    async def check_engine(self) -> None:
-        """Every engine worker must hold exactly this table before the server accepts a request."""
-        tables = await self.engine.collective_rpc("fairsteer_slot_table")
-        for worker, table in enumerate(tables):
-            if table["slots"] != self.names:
-                raise ServeConfigError(f"engine worker {worker} holds adapter slots {table['slots']}, not "
-                                       f"{self.names}: the engine and the front end disagree")
+    async def tables(self) -> list[dict[str, Any]]:
+        """Every engine worker's slot table (one per tensor/pipeline-parallel rank)."""
+        return await self.engine.collective_rpc("fairsteer_slot_table")
+
+    async def check_engine(self, sites: tuple[str, ...] | None = None) -> None:
+        """Every engine worker must hold exactly this table, and together steer `sites`, before the server
+        accepts a request."""
+        problems = table_problems(await self.tables(), self.names, sites)
+        if problems:
+            raise ServeConfigError("the engine and the front end disagree on the adapter table: "
+                                   + "; ".join(problems))
 
     @contextmanager
     def track(self, slot: str | None):
@@ -87,11 +93,36 @@ class AdapterSlots:
                               "retry once in-flight requests finish")
 
     async def write(self, slot: int, name: str, spec) -> None:
-        """Write `spec` into every worker's slot `slot` under `name`, then tell the front-end checks."""
+        """Write `spec` into every worker's slot `slot` under `name`, check that every worker holds it,
+        then tell the front-end checks. Raises AdminError (500) when a worker disagrees: the slot is then
+        cleared everywhere and stays unnamed, so no request can reach a half-written table."""
         await self.engine.collective_rpc("fairsteer_write_slot",
                                          args=(slot, name, list(spec.sites), spec.a.tolist(), spec.b.tolist()))
+        expected = [*self.names[:slot - 1], name, *self.names[slot:]]
+        tables = await self.tables()
+        problems = table_problems(tables, expected, None) + slot_problems(tables, slot, spec, self.hidden_size)
+        if problems:
+            raise AdminError(500, f"adapter {name!r} not loaded: {'; '.join(problems)}. "
+                                  f"{await self._clear(slot)}")
         self.names[slot - 1] = name
         publish_slot_names(tuple(self.names))
+
+    async def _clear(self, slot: int) -> str:
+        """Free `slot` in every worker after a failed write; says whether that worked."""
+        self.names[slot - 1] = FREE_SLOT
+        publish_slot_names(tuple(self.names))
+        try:
+            await self.engine.collective_rpc("fairsteer_write_slot", args=(slot, FREE_SLOT, [], [], []))
+            tables = await self.tables()
+            problems = table_problems(tables, self.names, None) + slot_problems(tables, slot, None,
+                                                                                self.hidden_size)
+        except Exception as exc:  # noqa: BLE001 - report it with the original failure
+            problems = [repr(exc)]
+        if problems:
+            logger.error("adapter slot %d could not be cleared in every engine worker: %s", slot, problems)
+            return (f"Slot {slot} could not be cleared in every worker ({'; '.join(problems)}); it stays "
+                    "unnamed, so no request uses it; restart the server to rebuild the tables")
+        return f"Slot {slot} was cleared in every worker; the adapters loaded before keep serving"
 
     def describe(self, live: set[str]) -> list[dict[str, Any]]:
         def state(n: str) -> str:

@@ -123,9 +123,9 @@ async def install(app, engine_client, settings: ServeSettings) -> None:
         return app.state.fairsteer_registry
 
     capacity = settings.admin.slot_capacity if settings.admin else len(settings.registry.adapters)
-    slots = AdapterSlots(engine_client, settings.registry, capacity)
+    slots = AdapterSlots(engine_client, settings.registry, capacity, settings.identity.hidden_size)
     if settings.steered_engine:
-        await slots.check_engine()
+        await slots.check_engine(steered_sites(settings))
     drain = Drain()
     engine_client.shutdown = drain.wrap_shutdown(engine_client.shutdown)
 
@@ -147,6 +147,15 @@ async def install(app, engine_client, settings: ServeSettings) -> None:
     if app.middleware_stack is not None:  # vLLM's SageMaker bootstrap builds the stack early; rebuild it
         app.middleware_stack = app.build_middleware_stack()
     document_steering(app)
+
+
+def steered_sites(settings: ServeSettings) -> tuple[str, ...]:
+    """The sites the engine's workers together steer (server/vllm_plugin/models.py install_steering)."""
+    from adapters.sites import all_sites
+
+    if settings.admin is not None:  # run-time loading: rows at every site from the start
+        return all_sites(settings.identity.num_layers)
+    return tuple(sorted({site for a in settings.registry.adapters.values() for site in a.sites}))
 
 
 def _announce(registry, listen_address: str) -> None:

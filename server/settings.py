@@ -99,7 +99,9 @@ def build_settings(options: ServeOptions) -> ServeSettings:
     alias = options.model or DEFAULT_MODEL
     model_path = _resolve(alias)
     table = _adapter_table(options.adapters, alias)
-    vllm_options = engine_defaults(model_path, on_cpu=not _has_cuda())
+    on_cpu = not _has_cuda()
+    vllm_options = engine_defaults(model_path, on_cpu)
+    vllm_options += parallel_defaults(engine_options, on_cpu)
     if alias != model_path and not any(o.startswith("--served-model-name") for o in engine_options):
         vllm_options += ["--served-model-name", alias]
     vllm_options += engine_options
@@ -132,6 +134,28 @@ def engine_defaults(model_path: str, on_cpu: bool) -> list[str]:
     return ["--enforce-eager", "--distributed-executor-backend", "uni", "--dtype", "float32",
             "--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES),
             "--max-model-len", str(min(CPU_MAX_MODEL_LEN, _model_context(model_path)))]
+
+
+def parallel_defaults(user_options: list[str], on_cpu: bool) -> list[str]:
+    """On CPU, what tensor/pipeline parallelism needs instead of `engine_defaults`' single-worker choices,
+    unless the user chose otherwise (docs/distributed.md):
+
+    - more than one worker needs the multiprocessing executor (`uni` runs exactly one);
+    - pipeline parallelism runs compiled: vLLM 0.32's CPU runner fails the first request of an eager
+      pipeline (`assert self.intermediate_tensors is not None` in `sync_and_gather_intermediate_tensors`:
+      the second stage's receive buffers are only allocated by the compile warm-up).
+    """
+    if not on_cpu:
+        return []
+    tensor = int(option_value(user_options, "--tensor-parallel-size") or option_value(user_options, "-tp") or 1)
+    pipeline = int(option_value(user_options, "--pipeline-parallel-size") or option_value(user_options, "-pp") or 1)
+    given = {o.split("=", 1)[0] for o in user_options}
+    defaults = []
+    if tensor * pipeline > 1 and "--distributed-executor-backend" not in given:
+        defaults += ["--distributed-executor-backend", "mp"]
+    if pipeline > 1 and not given & {"--enforce-eager", "--no-enforce-eager"}:
+        defaults += ["--no-enforce-eager"]
+    return defaults
 
 
 def drain_kwargs(options: ServeOptions, vllm_options: list[str]) -> dict:

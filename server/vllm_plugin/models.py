@@ -113,9 +113,10 @@ def install_steering(model: nn.Module, vllm_config) -> None:
         STATE.adapter_names += (FREE_SLOT,) * (capacity - len(specs))
     else:
         sites = sorted({site for spec in specs for site in spec.sites})
+    local = []
     for site in sites:
-        norm = model.get_submodule(module_path(base_arch, site))
-        if isinstance(norm, PPMissingLayer):
+        norm = local_norm(model, base_arch, site)
+        if norm is None:
             continue  # another pipeline stage holds this layer
         a = torch.zeros(max(capacity, len(specs)), identity.hidden_size, dtype=torch.float32, device=device)  # (K, D)
         b = torch.zeros_like(a)
@@ -126,7 +127,22 @@ def install_steering(model: nn.Module, vllm_config) -> None:
         if not hasattr(norm, "variance_epsilon"):
             raise AdapterFormatError(f"site {site!r} of {base_arch} is a {type(norm).__name__}, not a norm")
         _steer_module(norm, a, b)
-    model.fairsteer_sites = tuple(sites)
+        local.append(site)
+    model.fairsteer_sites = tuple(local)  # the sites this process steers (its pipeline stage's)
+
+
+def local_norm(model: nn.Module, base_arch: str, site: str) -> nn.Module | None:
+    """The norm module of `site` in this process, or None when another pipeline stage holds it.
+
+    Under pipeline parallelism vLLM puts a `PPMissingLayer` where a layer (or the final norm) lives on
+    another stage; the path through it does not exist here.
+    """
+    module = model
+    for part in module_path(base_arch, site).split("."):
+        if isinstance(module, PPMissingLayer):
+            return None
+        module = module.get_submodule(part)
+    return None if isinstance(module, PPMissingLayer) else module
 
 
 def _load_unchanged(name: str, path: str, version: str, identity: ModelIdentity):

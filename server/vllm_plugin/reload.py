@@ -13,13 +13,18 @@ end (server.admin) only writes a slot no in-flight request refers to, so a reque
 version is served by that version to its end, even when the adapter is replaced meanwhile.
 
 Selected with `--worker-extension-cls server.vllm_plugin.reload.SteeringReloadExtension`; called through
-`engine_client.collective_rpc("fairsteer_write_slot", args=...)`.
+`engine_client.collective_rpc("fairsteer_write_slot", args=...)`, which runs in EVERY worker (each
+tensor-parallel rank holds all sites' tables: norms are replicated; each pipeline stage holds its own
+layers' sites). `fairsteer_slot_table` reports, per worker, the slot names, the sites it steers and a
+digest of every slot's rows (`slot_digest`), so the front end can check after each write that every
+worker holds exactly what was written (server.admin.AdapterSlots.verify).
 """
 
 import torch
 
-from adapters.sites import module_path
 from server.engine_boundary import BASE_ARCH_KEY, FREE_SLOT
+from server.vllm_plugin.digest import slot_digest
+from server.vllm_plugin.models import local_norm
 from server.vllm_plugin.state import STATE
 
 EXTENSION_FQCN = "server.vllm_plugin.reload.SteeringReloadExtension"
@@ -33,10 +38,17 @@ class SteeringReloadExtension:
         return getattr(model, "runnable", model)  # unwrap a CUDA-graph wrapper, if any
 
     def fairsteer_slot_table(self) -> dict:
-        """This worker's slot names (index order) and steered sites: the front end checks that every
-        worker holds the table it expects before serving."""
-        return {"slots": list(getattr(STATE, "adapter_names", ())),
-                "sites": list(self._fairsteer_model().fairsteer_sites)}
+        """This worker's slot names (index order), the sites it steers (its pipeline stage's) and the
+        digest of each slot's rows over those sites: the front end checks every worker's table before
+        serving and after every write."""
+        model = self._fairsteer_model()
+        base_arch = getattr(self.vllm_config.model_config.hf_config, BASE_ARCH_KEY)
+        names = list(getattr(STATE, "adapter_names", ()))
+        norms = [(site, local_norm(model, base_arch, site)) for site in model.fairsteer_sites]
+        digests = [slot_digest([(site, norm.fairsteer_a[k], norm.fairsteer_b[k]) for site, norm in norms])
+                   for k in range(len(names))]
+        return {"rank": getattr(self, "rank", 0), "slots": names, "sites": [site for site, _ in norms],
+                "digests": digests}
 
     def fairsteer_write_slot(self, slot: int, name: str, sites: list[str], a: list, b: list) -> str:
         """Put one adapter's (S, D) tables into adapter index `slot` (>= 1) under the versioned `name`.
@@ -49,13 +61,10 @@ class SteeringReloadExtension:
         if not 1 <= slot <= len(names):
             raise ValueError(f"slot {slot} is outside 1..{len(names)}")
         model = self._fairsteer_model()
-        hf_config = self.vllm_config.model_config.hf_config
-        base_arch = getattr(hf_config, BASE_ARCH_KEY)
+        base_arch = getattr(self.vllm_config.model_config.hf_config, BASE_ARCH_KEY)
         row = {site: i for i, site in enumerate(sites)}
         for site in model.fairsteer_sites:
-            norm = model.get_submodule(module_path(base_arch, site))
-            if not hasattr(norm, "fairsteer_a"):
-                continue
+            norm = local_norm(model, base_arch, site)
             if site in row and name != FREE_SLOT:
                 norm.fairsteer_a[slot - 1].copy_(a[row[site]])
                 norm.fairsteer_b[slot - 1].copy_(b[row[site]])
@@ -65,3 +74,4 @@ class SteeringReloadExtension:
         names[slot - 1] = name
         STATE.adapter_names = tuple(names)
         return name
+
