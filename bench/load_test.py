@@ -7,8 +7,9 @@ Many concurrent clients mix `fairness_strength` (0 .. 1.5) and adapters, complet
 and not, n = 1 and n = 2, short and long prompts, greedy and sampled requests, and clients that hang up
 mid-stream. Before the load, every distinct greedy request is run ALONE once; under load every greedy
 request must return exactly the same token ids (batched = solo: steering never leaks between batch rows,
-also not from a client that hung up). Prints requests, concurrency, duration, errors and p50/p99 latency;
-exits 1 when any request failed or any greedy output differed.
+also not from a client that hung up). A stream that sends an error event or ends without `[DONE]` has
+failed. Prints requests, concurrency, duration, errors and p50/p99 latency; exits 1 when any request
+failed or any greedy output differed.
 
 `run_load` is also what tests/reliability uses, with small bounded counts.
 """
@@ -92,12 +93,13 @@ class Report:
                 f"mismatches {len(self.mismatches)}  hang-ups {hang_ups}")
 
 
-def make_jobs(count: int, adapters: list[str], seed: int = 0) -> list[Job]:
+def make_jobs(count: int, adapters: list[str], seed: int = 0,
+              strengths: tuple[float, ...] = STRENGTHS) -> list[Job]:
     rng = random.Random(seed)
     jobs = []
     for _ in range(count):
         adapter = rng.choice([None, *adapters]) if adapters else None
-        strength = rng.choice(STRENGTHS) if adapter else 0.0
+        strength = rng.choice(strengths) if adapter else 0.0
         stream = rng.random() < 0.5
         greedy = rng.random() < 0.7
         jobs.append(Job(endpoint=rng.choice(["completions", "chat/completions"]),
@@ -133,14 +135,21 @@ async def _stream(client, url, model, job, start, timeout) -> Result:
             text = (await r.aread()).decode(errors="replace")
             return Result(job, False, time.monotonic() - start, error=f"HTTP {r.status_code}: {text[:200]}")
         version = r.headers.get("x-fairsteer-version")
+        done = False
         async for line in r.aiter_lines():
+            done = done or line == "data: [DONE]"
             if not line.startswith("data: {"):
                 continue
             if job.hang_up:  # leave mid-stream: the server must abort the request and clear its row
                 return Result(job, True, time.monotonic() - start, None, version)
-            for choice in json.loads(line[6:]).get("choices") or ():
+            event = json.loads(line[6:])
+            if "error" in event:  # an error after the 200 header: the stream failed part-way
+                return Result(job, False, time.monotonic() - start, error=f"stream error: {str(event)[:200]}")
+            for choice in event.get("choices") or ():
                 if choice.get("index", 0) == 0:
                     tokens += choice.get("token_ids") or []
+    if not done:
+        return Result(job, False, time.monotonic() - start, error="stream ended without data: [DONE]")
     return Result(job, True, time.monotonic() - start, tuple(tokens), version)
 
 
@@ -184,13 +193,24 @@ async def run_load(url: str, model: str, jobs: list[Job], concurrency: int, api_
             tasks.append(during())
         results, *_ = await asyncio.gather(*tasks)
         report = Report(len(jobs), concurrency, time.monotonic() - start, list(results))
-    for r in report.results:
+    report.mismatches = compare_greedy(report.results, reference)
+    return report
+
+
+def compare_greedy(results: list[Result], reference: dict) -> list[str]:
+    """Each greedy result that differs from its solo run, as a line; hang-ups and failures are skipped.
+
+    `reference` maps job.solo_key() to token ids, or (job.solo_key(), version) where the adapter version
+    changed during the run (preferred when present).
+    """
+    mismatches = []
+    for r in results:
         if not r.ok or not r.job.greedy or r.job.hang_up:
             continue
         expected = reference.get((r.job.solo_key(), r.version), reference.get(r.job.solo_key()))
         if r.tokens != expected:
-            report.mismatches.append(f"{r.job} (version {r.version}): got {r.tokens}, alone {expected}")
-    return report
+            mismatches.append(f"{r.job} (version {r.version}): got {r.tokens}, alone {expected}")
+    return mismatches
 
 
 def main() -> int:
