@@ -79,6 +79,7 @@ class ServeSettings:
     admin: AdminSettings | None         # run-time adapter loading, with --adapter-dir
     engine_options: tuple[str, ...]     # vLLM command-line options: our defaults, then the user's
     engine_kwargs: dict[str, Any]       # engine arguments set over the parsed options (the plugin's)
+    group_lexicon: str | None = None    # --group-lexicon (each API process sets up its group metrics)
 
     @property
     def steered_engine(self) -> bool:
@@ -123,7 +124,7 @@ def build_settings(options: ServeOptions) -> ServeSettings:
     group_metrics.set_loaded_adapters(registry.adapters)
     kwargs = {**_plugin_kwargs(identity, registry, admin), **drain_kwargs(options, vllm_options)}
     return ServeSettings(model_path, options.host, options.port, identity, registry, security, admin,
-                         tuple(vllm_options), kwargs)
+                         tuple(vllm_options), kwargs, options.group_lexicon)
 
 
 def engine_defaults(model_path: str, on_cpu: bool) -> list[str]:
@@ -137,25 +138,21 @@ def engine_defaults(model_path: str, on_cpu: bool) -> list[str]:
 
 
 def parallel_defaults(user_options: list[str], on_cpu: bool) -> list[str]:
-    """On CPU, what tensor/pipeline parallelism needs instead of `engine_defaults`' single-worker choices,
-    unless the user chose otherwise (docs/distributed.md):
+    """On CPU, what pipeline parallelism needs instead of `engine_defaults`' --enforce-eager, unless the
+    user chose (docs/distributed.md): vLLM 0.32's CPU runner fails the first request of an eager pipeline
+    (`assert self.intermediate_tensors is not None` in `sync_and_gather_intermediate_tensors`: the later
+    stages' receive buffers are only allocated by the compile warm-up), so PP > 1 runs compiled.
 
-    - more than one worker needs the multiprocessing executor (`uni` runs exactly one);
-    - pipeline parallelism runs compiled: vLLM 0.32's CPU runner fails the first request of an eager
-      pipeline (`assert self.intermediate_tensors is not None` in `sync_and_gather_intermediate_tensors`:
-      the second stage's receive buffers are only allocated by the compile warm-up).
+    Tensor parallelism needs nothing: vLLM's CPU platform runs the multiprocessing executor whatever the
+    backend option says (it replaces `uni` by `mp`), one worker process per rank.
     """
     if not on_cpu:
         return []
-    tensor = int(option_value(user_options, "--tensor-parallel-size") or option_value(user_options, "-tp") or 1)
     pipeline = int(option_value(user_options, "--pipeline-parallel-size") or option_value(user_options, "-pp") or 1)
     given = {o.split("=", 1)[0] for o in user_options}
-    defaults = []
-    if tensor * pipeline > 1 and "--distributed-executor-backend" not in given:
-        defaults += ["--distributed-executor-backend", "mp"]
     if pipeline > 1 and not given & {"--enforce-eager", "--no-enforce-eager"}:
-        defaults += ["--no-enforce-eager"]
-    return defaults
+        return ["--no-enforce-eager"]
+    return []
 
 
 def drain_kwargs(options: ServeOptions, vllm_options: list[str]) -> dict:
