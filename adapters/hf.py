@@ -12,6 +12,10 @@ with ω one float for the whole batch or one value per batch row. Usage:
         handle.strength = torch.tensor([0.0, 1.0])              # per row, for the next forward
         model.generate(...)                                     # KV cache works: the map is per token
 
+The model may run in bf16/fp16 and on any device, or be split over several GPUs (`device_map`): a and
+b stay fp32 where they are kept (the optimiser's device); each site's op gets a copy on that site's device,
+computes in fp32 and returns the model's dtype (`steer_ref`).
+
 Hooks live only inside the `with` block and are removed in `finally`, so the model is restored exactly
 (also after an exception). The model's parameters are frozen inside the block and their
 `requires_grad` flags restored on exit: gradients reach `a` and `b` only.
@@ -110,10 +114,14 @@ class AttachedSteering:
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"{type(module).__name__} returned {type(output).__name__}; steering "
                                 "expects a norm module returning one tensor")
-            a, b = self.steering.a[row:row + 1], self.steering.b[row:row + 1]  # (1, D): steer_ref's slot 0
+            # (1, D), steer_ref's slot 0: a differentiable copy on the site's device in the op's math
+            # dtype (fp32; fp64 for fp64 activations), so the gradient reaches the fp32 master copy
+            # wherever the optimiser keeps it, also when the model is split over several GPUs.
+            math = torch.promote_types(output.dtype, torch.float32)
+            a, b = (t[row:row + 1].to(device=output.device, dtype=math)
+                    for t in (self.steering.a, self.steering.b))
             flat = output.reshape(-1, output.shape[-1])  # (T, D)
-            steered = steer_ref(flat, a.to(output.device), b.to(output.device), self._per_token(output))
-            return steered.view_as(output)
+            return steer_ref(flat, a, b, self._per_token(output)).view_as(output)
         return hook
 
 

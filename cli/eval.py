@@ -4,6 +4,7 @@
         --strengths 0,0.25,0.5,0.75,1 --data ../shared/data/synthbias --mmlu ../shared/data/mmlu --out DIR
     fairsteer eval --task continuation --model M --adapter A.safetensors --out DIR   (generated prompts)
     ... --write-calibration      also store each adapter's table in its metadata (the server shows it)
+    ... --device cuda --dtype bfloat16   on a GPU (default auto: a GPU in bf16 where there is one)
 
 The evaluation prompts are the held-out side of the same deterministic split the trainer uses (same
 --data, --seed and --holdout-occupations), so no training prompt is ever scored. Metrics: see
@@ -15,7 +16,7 @@ import time
 from dataclasses import replace
 
 from cli.main import UsageError
-from trainer.config import TASKS, TaskName
+from trainer.config import DEVICE_HELP, DTYPE_HELP, DTYPES, TASKS, TaskName, device_problem
 
 
 def register(subparsers) -> None:
@@ -41,6 +42,8 @@ def register(subparsers) -> None:
                         help="store the measured table in each adapter's metadata")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--out", required=True, help="output folder")
     parser.set_defaults(run=run)
 
@@ -60,7 +63,7 @@ def run(args) -> int:
 
     from adapters import io
     from adapters.hf import Steering, model_identity
-    from trainer import evaluate, mmlu, report
+    from trainer import evaluate, mmlu, placement, report
     from trainer.base_model import load_model
     from trainer.run import minutes_since, peak_rss_mb
     from trainer.task_registry import load_splits
@@ -72,16 +75,19 @@ def run(args) -> int:
     strengths = parse_strengths(args.strengths)
     if args.n_eval < 2:
         raise UsageError("--n-eval must be at least 2 (standard errors need two examples)")
+    if device_problem(args.device):
+        raise UsageError(device_problem(args.device))
     torch.set_num_threads(args.threads)
     started = time.monotonic()
-    model, tokenizer, pad_id = load_model(args.model)
+    model, tokenizer, pad_id = load_model(args.model, args.device, args.dtype)
+    where = placement.of(model)
     identity = model_identity(model)
     specs, adapters = {}, {}
     for path in args.adapter:
         spec = io.load(path, identity)
         label = spec.meta.method if spec.meta.method not in adapters else spec.name
         _warn_split(spec, args)
-        specs[label], adapters[label] = (path, spec), Steering.from_spec(spec)
+        specs[label], adapters[label] = (path, spec), Steering.from_spec(spec).to(where.device)
     task_name = args.task or _adapter_task(specs)
     holdout = tuple(o.strip() for o in args.holdout_occupations.split(",") if o.strip())
     splits = load_splits(task_name, args.data, 0, args.n_eval, args.seed, holdout)
@@ -94,7 +100,7 @@ def run(args) -> int:
                                    else None, task_name=task_name)
     header = {"model": args.model, "data": args.data, "task": task_name, "settings": {
         "strengths": strengths, "n_eval": args.n_eval, "mmlu": args.mmlu, "mmlu_n": len(questions),
-        "seed": args.seed, "holdout_occupations": list(holdout),
+        "seed": args.seed, "holdout_occupations": list(holdout), **where.describe(),
         "adapters": {label: {"file": str(p), "version": s.version, "name": s.name} for label, (p, s) in
                      specs.items()}},
         "eval_minutes": minutes_since(started), "peak_rss_mb": round(peak_rss_mb())}

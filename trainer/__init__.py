@@ -11,10 +11,13 @@ Tasks (what is asked, and of which data):
     task_registry.py  one table: task name -> data, split, prompts, metrics, prompting instruction
 Training:
     config.py         DSOConfig and the typed modes (TaskName, Estimator); flags and YAML
-    rewards.py        the DSO majority-flip reward; dso.py: one step and the training run; checkpoint.py
+    rewards.py        the DSO majority-flip reward; dso.py: the batches, the loss and one step
+    session.py        a DSO run: memory plan, checkpoints (checkpoint.py), log and progress bar, Ctrl-C
+                      (progress.py)
     baselines.py      CAA and mean-difference vectors in the same adapter format
     training.py       one table: method name -> training function; run.py: Run, minutes and memory
-    base_model.py     load the frozen base model
+    base_model.py     load the frozen base model; placement.py: device, dtype, several GPUs, activation
+                      checkpointing; memory.py: a step's memory, estimated and measured
 Evaluation:
     metrics.py        bias and capability metrics from answer distributions (pure functions)
     evaluate.py       score a model with and without adapters, per strength; report.py: report.json, plot

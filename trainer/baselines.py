@@ -21,7 +21,7 @@ import torch
 
 from adapters.methods import TrainedMethod
 from adapters.sites import module_path
-from trainer import task_registry
+from trainer import placement, task_registry
 from trainer.config import DSOConfig, TaskName
 from trainer.errors import DataError
 from trainer.prompts import Prompt, collate
@@ -39,11 +39,13 @@ def default_sites(cfg: DSOConfig, sites: tuple[str, ...], num_layers: int) -> tu
 
 def site_activations(model, prompts: list[Prompt], pad_id: int, sites: tuple[str, ...],
                      extra_token: list[int] | None = None, batch_size: int = 16) -> torch.Tensor:
-    """(N, S, D) outputs of each site's module at the last position (after `extra_token[i]` if given)."""
+    """(N, S, D) outputs of each site's module at the last position (after `extra_token[i]` if given), fp32
+    on the CPU whatever the model's device and dtype."""
     arch = model.config.architectures[0]
     captured: dict[int, torch.Tensor] = {}
     hooks = [model.get_submodule(module_path(arch, site)).register_forward_hook(
-        lambda m, a, out, k=k: captured.__setitem__(k, out[:, -1].float())) for k, site in enumerate(sites)]
+        lambda m, a, out, k=k: captured.__setitem__(k, out[:, -1].float().cpu()))
+        for k, site in enumerate(sites)]
     rows = []
     try:
         with torch.inference_mode():
@@ -52,7 +54,7 @@ def site_activations(model, prompts: list[Prompt], pad_id: int, sites: tuple[str
                 if extra_token is not None:
                     chunk = [Prompt(p.ids + (t,), p.options, p.labels, p.correct, p.occupation, p.index)
                              for p, t in zip(chunk, extra_token[i:i + batch_size])]
-                model(**collate(chunk, pad_id))
+                model(**collate(chunk, pad_id, placement.input_device(model)), use_cache=False)
                 rows.append(torch.stack([captured[k] for k in range(len(sites))], dim=1))
     finally:
         for h in hooks:
@@ -96,7 +98,8 @@ def train(method: TrainedMethod, vectors: VectorFn, model, tokenizer, pad_id: in
     raw, act_norm = vectors(model, tokenizer, pad_id, splits, sites, cfg.task)  # (S, D), (S,)
     scale = RELATIVE_NORM * act_norm / raw.norm(dim=-1).clamp(min=1e-12)
     b = (raw * scale.unsqueeze(-1)).to(torch.float32).contiguous()
-    training = {**cfg.to_dict(), "model": run.base_model, "examples": MAX_EXAMPLES,
+    training = {**cfg.to_dict(), **placement.of(model).describe(), "model": run.base_model,
+                "examples": MAX_EXAMPLES,
                 "raw_vector_norms": [round(float(n), 4) for n in raw.norm(dim=-1)],
                 "activation_norms": [round(float(n), 4) for n in act_norm], "relative_norm": RELATIVE_NORM}
     meta = AdapterMeta(name=run.name, method=method, base_model=run.base_model, identity=identity,

@@ -7,6 +7,7 @@ from here.
 """
 
 import argparse
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -18,6 +19,22 @@ TaskName = Literal["coreference", "continuation"]
 Estimator = Literal["exact", "sample"]
 TASKS: tuple[TaskName, ...] = get_args(TaskName)
 ESTIMATORS: tuple[Estimator, ...] = get_args(Estimator)
+# Where the frozen model runs and in which dtype (`trainer.placement`); the adapter and its optimiser stay fp32.
+DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES: tuple[DtypeName, ...] = get_args(DtypeName)
+DEVICE_HELP = ("'auto' (CUDA if visible, else CPU), 'cpu', 'cuda' (one GPU, or the visible GPUs together when the "
+               "model does not fit on one) or 'cuda:N' (GPU N)")
+DTYPE_HELP = "'auto' (bfloat16 on a GPU that has it, else float32), 'float32', 'bfloat16' or 'float16'"
+
+
+RENAMED = {"checkpoint_every": "save_every"}  # old setting name -> its name now
+
+
+def device_problem(device: str) -> str | None:
+    """Why `device` is not a device setting (None when it is one); shared by train's and eval's flags."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        return None
+    return f"--device {device!r}: use {DEVICE_HELP}"
 
 
 @dataclass
@@ -26,7 +43,9 @@ class DSOConfig:
 
     Data: which prompts, how many, which split.
     Objective: reward estimator, KL and l1 weights.
-    Optimisation: steps, batch composition, learning rate, time budget, seed.
+    Optimisation: steps, batch composition, learning rate, time budget, checkpoints, seed.
+    Hardware: device, dtype, activation checkpointing, CPU threads. The adapter and its optimiser are fp32
+    on every device and dtype; bfloat16/float16 round only the frozen model's weights and activations.
     """
 
     # --- data
@@ -68,8 +87,16 @@ class DSOConfig:
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (cosine decay to 10%)"})
     sites: str = field(default="all", metadata={"help": "'all', 'layers' (no final norm) or a comma list"})
     time_budget_min: float = field(default=28.0, metadata={"help": "stop training after this many minutes"})
-    checkpoint_every: int = field(default=10, metadata={"help": "steps between checkpoints (OUT.ckpt)"})
+    save_every: int = field(default=10, metadata={
+        "help": "steps between checkpoints (OUT.ckpt/, or the --resume folder); one is also written at the "
+                "end, at the time budget and on Ctrl-C"})
     seed: int = field(default=0, metadata={"help": "seed for splits, batch order and sampling"})
+    # --- hardware
+    device: str = field(default="auto", metadata={"help": DEVICE_HELP})
+    dtype: DtypeName = field(default="auto", metadata={"help": "the frozen model's dtype: " + DTYPE_HELP})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute each decoder layer's activations in the backward pass: activation memory falls "
+                "from every layer's to one layer's, a step costs about one more forward pass"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
 
     def __post_init__(self) -> None:
@@ -79,7 +106,7 @@ class DSOConfig:
             raise ConfigError(f"estimator must be 'exact' or 'sample', got {self.estimator!r}")
         if self.other_reward >= 0:
             raise ConfigError(f"other_reward {self.other_reward} would reward refusals; use a value < 0")
-        for name in ("n_train", "n_eval", "steps", "occupations_per_step", "checkpoint_every", "threads"):
+        for name in ("n_train", "n_eval", "steps", "occupations_per_step", "save_every", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("kl_coef", "answer_kl_coef", "order_coef", "l1_coef", "lr", "time_budget_min",
@@ -88,6 +115,10 @@ class DSOConfig:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.majority_momentum < 1:
             raise ConfigError(f"majority_momentum must be in [0, 1), got {self.majority_momentum}")
+        if device_problem(self.device):
+            raise ConfigError(device_problem(self.device))
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
     def holdout(self) -> tuple[str, ...]:
         return tuple(o.strip() for o in self.holdout_occupations.split(",") if o.strip())
@@ -97,11 +128,16 @@ class DSOConfig:
 
 
 def add_flags(parser: argparse.ArgumentParser, cls=DSOConfig) -> None:
-    """One `--flag` per dataclass field, default None so that only flags given explicitly override YAML."""
+    """One `--flag` per dataclass field, default None so that only flags given explicitly override YAML;
+    a boolean field gets `--flag` / `--no-flag`."""
     for f in fields(cls):
         default = f.default if f.default is not MISSING else None
         text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(default), default=None, help=text)
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(flag, type=type(default), default=None, help=text)
 
 
 def from_args(args: argparse.Namespace, cls=DSOConfig) -> DSOConfig:
@@ -128,6 +164,9 @@ def read_yaml(path: str | Path, cls=DSOConfig) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a mapping of setting: value")
     known = {f.name for f in fields(cls)}
+    for old, new in RENAMED.items():
+        if old in values and new in known:
+            raise ConfigError(f"--config {path}: {old!r} is now called {new!r}; rename the key")
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"--config {path}: unknown setting(s) {unknown}; known: {sorted(known)}")

@@ -25,27 +25,25 @@ One step (rollout -> reward -> loss -> step):
      l1 = mean|a| + mean|b|. This is our reading of the paper's "KL bound": fixed-multiplier (Lagrangian)
      penalties.
   5. Adam on (a, b) only; cosine learning-rate decay to 10%.
-`train` runs the steps with a time budget, a checkpoint (`trainer.checkpoint`) every `checkpoint_every`
-steps and a JSON-lines log of each step's loss parts, and returns the adapter.
+`step` is one such step on a `trainer.checkpoint.TrainState`; `trainer.session.train` runs them as a run
+(placement, time budget, checkpoints, log, progress bar, Ctrl-C) and returns the adapter. Everything here
+runs on the model's devices; the adapter and Adam stay fp32 whatever the model's dtype.
 Degenerate optima the penalties are there for: the "indifferent" solution (every answer 50/50, resolvable
 ones included; KL_answer) and, in coreference, answering by position (order); `fairsteer eval` checks
 both at every strength (report.json "acceptance").
 """
 
-import json
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from trainer import checkpoint, generic, metrics, rewards, task_registry
+from trainer import generic, metrics, rewards, task_registry
+from trainer.checkpoint import TrainState
 from trainer.config import DSOConfig, TaskName
 from trainer.prompts import Prompt, answer_logprobs, option_probs
-from trainer.run import Run, minutes_since, peak_rss_mb
 
 
 @dataclass
@@ -83,6 +81,12 @@ class BatchSampler:
         prompts += rng.sample(self.generic, min(self.cfg.generic_per_step, len(self.generic)))
         return Batch(prompts, n_amb, n_res)
 
+    def largest(self, start: int, count: int = 64) -> tuple[int, int]:
+        """(most rows, longest prompt) over the batches of steps start .. start + count: the shape that the
+        memory estimate (`trainer.memory`) is made for."""
+        batches = [self.batch(s).prompts for s in range(start, start + count)]
+        return max(len(b) for b in batches), max(len(p.ids) for b in batches for p in b)
+
 
 def _groups(tokenizer, items: list, task_name: TaskName) -> list[list[Prompt]]:
     """The prompts of each item: coreference, the pair of option orders; continuation, the one prompt."""
@@ -98,8 +102,8 @@ def order_gap(status: torch.Tensor, prompts: list[Prompt]) -> torch.Tensor:
     pro = status[:, 0] / (status[:, 0] + status[:, 1]).clamp(min=1e-12)
     pairs = [i for i in range(len(prompts) - 1) if prompts[i].index == prompts[i + 1].index]
     if not pairs:
-        return torch.zeros(())
-    idx = torch.tensor(pairs)
+        return torch.zeros((), device=status.device)
+    idx = torch.tensor(pairs, device=status.device)
     return (pro[idx] - pro[idx + 1]).abs().mean()
 
 
@@ -109,22 +113,36 @@ def _bernoulli_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def objective(model, steering, batch: Batch, tracker: rewards.MajorityTracker, cfg: DSOConfig, pad_id: int,
-              generator: torch.Generator | None = None, update_majority: bool = True) -> dict:
+              generator: torch.Generator | None = None, update_majority: bool = True,
+              backward: bool = False) -> dict:
     """The loss of one batch and its parts. With update_majority False the majority is read, not moved
-    (used to compare the objective before and after training on a fixed batch)."""
+    (used to compare the objective before and after training on a fixed batch). With backward True the
+    loss is backpropagated while the adapter is still attached, as activation checkpointing needs (its
+    backward pass recomputes the steered layers)."""
     from adapters.hf import attach
 
     with torch.no_grad():
         base_last, base_logp, _ = answer_logprobs(model, batch.prompts, pad_id, all_positions=True)
     with attach(model, steering, 1.0):
         last, logp, mask = answer_logprobs(model, batch.prompts, pad_id, all_positions=True)
+        out = _loss(steering, batch, tracker, cfg, generator, update_majority, base_last, base_logp, last,
+                    logp, mask.to(logp.device))
+        if backward:
+            out["loss"].backward()
+    return out
+
+
+def _loss(steering, batch: Batch, tracker, cfg: DSOConfig, generator, update_majority: bool, base_last,
+          base_logp, last, logp, mask) -> dict:
+    """The DSO loss from the two passes' log-probs: last (B, V), logp (B, T, V), mask (B, T)."""
     n_amb, n_opt = batch.num_ambiguous, batch.num_ambiguous + batch.num_resolvable
     text_mask = mask.float().clone()
     text_mask[:n_opt, -1] = 0  # answer positions are handled below; generic texts count whole
     kl_text = generic.kl_per_token(logp, base_logp, text_mask)
     answer_mask = torch.zeros_like(text_mask)
     answer_mask[n_amb:n_opt, -1] = 1  # resolvable answers only: changing ambiguous ones is the goal
-    kl_answer = generic.kl_per_token(logp, base_logp, answer_mask) if batch.num_resolvable else torch.zeros(())
+    kl_answer = (generic.kl_per_token(logp, base_logp, answer_mask) if batch.num_resolvable
+                 else torch.zeros((), device=logp.device))
 
     amb = batch.prompts[:n_amb]
     probs = option_probs(last[:n_amb], amb)
@@ -134,17 +152,17 @@ def objective(model, steering, batch: Batch, tracker: rewards.MajorityTracker, c
         kl_answer = kl_answer + _bernoulli_kl(1 - probs[:, 2], 1 - base_probs[:, 2])
         probs = metrics.conditional(probs)
     status = rewards.by_status(probs, amb)
-    order = order_gap(status, amb) if cfg.task == "coreference" else torch.zeros(())
+    order = order_gap(status, amb) if cfg.task == "coreference" else torch.zeros((), device=status.device)
     occs = [p.occupation for p in amb]
     signs = tracker.update(occs, status) if update_majority else tracker.signs(occs)
-    table = tracker.rewards(occs, signs)
+    table = tracker.rewards(occs, signs, status.device)
     expected = rewards.expected_reward(status, table)
     if cfg.estimator == "exact":
         pg_loss = -expected.mean()
     else:
         pg_loss, sampled = rewards.sampled_reward_loss(status, table, tracker.baseline_for(occs), generator)
         tracker.update_baseline(occs, sampled)
-    l1 = steering.a.abs().mean() + steering.b.abs().mean()
+    l1 = (steering.a.abs().mean() + steering.b.abs().mean()).to(logp.device)  # a split model: another GPU
     penalty = cfg.kl_coef * kl_text + cfg.answer_kl_coef * kl_answer + cfg.order_coef * order + cfg.l1_coef * l1
     return {"loss": pg_loss + penalty, "objective": (-expected.mean() + penalty).detach(),
             "reward": expected.mean().item(), "kl": kl_text.item(), "kl_answer": kl_answer.item(),
@@ -158,76 +176,27 @@ def lr_at(step: int, cfg: DSOConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
+def step(model, state: TrainState, sampler: BatchSampler, cfg: DSOConfig, pad_id: int) -> dict:
+    """One optimiser step at `state.step` (rollout -> reward -> loss -> step); advances `state.step`.
+    Returns the loss parts, the learning rate and the batch's size (rows, padded tokens)."""
+    lr = lr_at(state.step, cfg)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    batch = sampler.batch(state.step)
+    state.optimizer.zero_grad(set_to_none=True)
+    out = objective(model, state.steering, batch, state.tracker, cfg, pad_id, state.generator, backward=True)
+    state.optimizer.step()
+    state.step += 1
+    rows, length = len(batch.prompts), max(len(p.ids) for p in batch.prompts)
+    return {**out, "lr": lr, "rows": rows, "tokens": rows * length}
+
+
 def train_steps(model, steering, sampler: BatchSampler, tracker, optimizer, cfg: DSOConfig, pad_id: int,
                 start: int, on_step=None, deadline: float | None = None) -> int:
     """Run optimiser steps from `start` to cfg.steps (or the deadline); returns the next step index."""
-    generator = torch.Generator().manual_seed(cfg.seed)
-    step = start
-    while step < cfg.steps:
-        if deadline is not None and time.monotonic() > deadline:
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        out = objective(model, steering, sampler.batch(step), tracker, cfg, pad_id, generator)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        step += 1
+    state = TrainState(steering, optimizer, tracker, torch.Generator().manual_seed(cfg.seed), start)
+    while state.step < cfg.steps and not (deadline is not None and time.monotonic() > deadline):
+        out = step(model, state, sampler, cfg, pad_id)
         if on_step:
-            on_step(step, out)
-    return step
-
-
-def train(model, tokenizer, pad_id: int, splits, cfg: DSOConfig, sites: tuple[str, ...], run: Run):
-    """A DSO `SteeringSpec` at `sites`, trained on `splits.train` (+ `train_resolvable` in the KL terms).
-
-    Writes OUT.ckpt and OUT.log.jsonl beside `run.out`; with `run.resume` continues from OUT.ckpt.
-    """
-    from tqdm import tqdm
-
-    from adapters.hf import Steering, model_identity
-    from adapters.spec import AdapterMeta
-
-    identity = model_identity(model)
-    steering = Steering.zeros(identity, sites)
-    optimizer = torch.optim.Adam(steering.parameters(), lr=cfg.lr)
-    tracker = rewards.MajorityTracker(cfg.majority_momentum, cfg.other_reward)
-    sampler = BatchSampler(splits.train, splits.train_resolvable, tokenizer, cfg)
-    run.out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt, log_path = Path(f"{run.out}.ckpt"), Path(f"{run.out}.log.jsonl")
-    start = checkpoint.resume(ckpt, cfg, steering, optimizer, tracker) if run.resume else 0
-    bar = tqdm(total=cfg.steps, initial=start, desc="dso", file=sys.stderr, dynamic_ncols=True)
-    log = open(log_path, "a" if start else "w")  # noqa: SIM115 -- closed in the finally below
-    history: list[dict] = []
-
-    def on_step(step: int, parts: dict) -> None:
-        row = {k: (round(float(v), 5) if k != "loss" else round(v.item(), 5)) for k, v in parts.items()
-               if k != "objective"}
-        row.update(step=step, minutes=minutes_since(run.started))
-        history.append(row)
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-        bar.update(1)
-        bar.set_postfix(bias=f"{row['batch_bias']:.3f}", kl=f"{row['kl']:.4f}", other=f"{row['other']:.2f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            checkpoint.save(ckpt, cfg, step, steering, optimizer, tracker)
-
-    deadline = run.started + 60 * cfg.time_budget_min
-    try:
-        step = train_steps(model, steering, sampler, tracker, optimizer, cfg, pad_id, start, on_step,
-                           deadline)
-    finally:
-        bar.close()
-        log.close()
-    if step < cfg.steps:
-        print(f"time budget of {cfg.time_budget_min} min reached after {step} of {cfg.steps} steps",
-              file=sys.stderr)
-    checkpoint.save(ckpt, cfg, step, steering, optimizer, tracker)
-    recent = history[-10:] or [{}]
-    training = {**cfg.to_dict(), "model": run.base_model, "steps_done": step,
-                "train_minutes": minutes_since(run.started),
-                "peak_rss_mb": round(peak_rss_mb()), "final_batch_bias_avg10":
-                    round(sum(r.get("batch_bias", 0) for r in recent) / len(recent), 4)}
-    meta = AdapterMeta(name=run.name, method="dso", base_model=run.base_model, identity=identity,
-                       training=training)
-    return steering.to_spec(meta)
+            on_step(state.step, out)
+    return state.step

@@ -23,7 +23,8 @@ from trainer.prompts import Prompt, answer_logprobs, collate, option_probs
 
 def score(model, prompts: list[Prompt], pad_id: int, steering=None, strength: float = 0.0,
           batch_size: int = 16, base_logp: torch.Tensor | None = None):
-    """(probs (N, K+1), answer log-probs (N, V) or None, KL to base (N,) or None) for `prompts`."""
+    """(probs (N, K+1), answer log-probs (N, V) or None, KL to base (N,) or None) for `prompts`; the
+    log-probs on the model's output device, the rest on the CPU."""
     from adapters.hf import attach
 
     probs, logps, kls = [], [], []
@@ -32,12 +33,12 @@ def score(model, prompts: list[Prompt], pad_id: int, steering=None, strength: fl
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i:i + batch_size]
             logp = answer_logprobs(model, chunk, pad_id)
-            probs.append(option_probs(logp, chunk))
+            probs.append(option_probs(logp, chunk).cpu())
             if base_logp is None:
                 logps.append(logp)
             else:
-                base = base_logp[i:i + batch_size]
-                kls.append(generic.kl(logp, base).clamp(min=0))
+                base = base_logp[i:i + batch_size].to(logp.device)
+                kls.append(generic.kl(logp, base).clamp(min=0).cpu())
     return (torch.cat(probs), torch.cat(logps) if logps else None, torch.cat(kls) if kls else None)
 
 
@@ -45,16 +46,17 @@ def generic_kl(model, prompts: list[Prompt], pad_id: int, steering, strength: fl
                batch_size: int = 8) -> tuple[float, float]:
     """KL(steered || base) per token of generic text: mean over texts of their per-token mean, and its SE."""
     from adapters.hf import attach
+    from trainer.placement import input_device
 
     per_text = []
     with torch.inference_mode():
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i:i + batch_size]
-            batch = collate(chunk, pad_id)
-            base = torch.log_softmax(model(**batch).logits.float(), -1)
+            batch = collate(chunk, pad_id, input_device(model))
+            base = torch.log_softmax(model(**batch, use_cache=False).logits.float(), -1)
             with attach(model, steering, strength):
-                steered = torch.log_softmax(model(**batch).logits.float(), -1)
-            mask = batch["attention_mask"].float()
+                steered = torch.log_softmax(model(**batch, use_cache=False).logits.float(), -1)
+            mask = batch["attention_mask"].float().to(base.device)
             per_pos = generic.kl(steered, base).clamp(min=0) * mask
             per_text += (per_pos.sum(-1) / mask.sum(-1)).tolist()
     return metrics.mean_se(np.array(per_text))

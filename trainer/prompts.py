@@ -57,8 +57,10 @@ def first_token(tokenizer, word: str) -> int:
     return tokenizer(" " + word, add_special_tokens=False)["input_ids"][0]
 
 
-def collate(prompts: list[Prompt], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded batch, so the answer position is the last one in every row; positions skip padding."""
+def collate(prompts: list[Prompt], pad_id: int,
+            device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Left-padded batch, so the answer position is the last one in every row; positions skip padding.
+    On `device` (a model's: `trainer.placement.input_device`)."""
     width = max(len(p.ids) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -66,13 +68,16 @@ def collate(prompts: list[Prompt], pad_id: int) -> dict[str, torch.Tensor]:
         ids[row, width - len(p.ids):] = torch.tensor(p.ids)
         mask[row, width - len(p.ids):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    return {k: t.to(device) for k, t in (("input_ids", ids), ("attention_mask", mask), ("position_ids", positions))}
 
 
 def answer_logprobs(model, prompts: list[Prompt], pad_id: int, all_positions: bool = False):
-    """Log-softmax at the answer position, (B, V); with all_positions also every position's, (B, T, V)."""
-    batch = collate(prompts, pad_id)
-    logits = model(**batch, logits_to_keep=0 if all_positions else 1).logits.float()
+    """Log-softmax at the answer position, (B, V); with all_positions also every position's, (B, T, V).
+    On the model's output device; no KV cache is kept (one forward pass per batch)."""
+    from trainer.placement import input_device
+
+    batch = collate(prompts, pad_id, input_device(model))
+    logits = model(**batch, logits_to_keep=0 if all_positions else 1, use_cache=False).logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     return (logp[:, -1], logp, batch["attention_mask"]) if all_positions else logp[:, -1]
 

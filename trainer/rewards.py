@@ -21,8 +21,8 @@ from trainer.prompts import Prompt
 
 def by_status(probs: torch.Tensor, prompts: list[Prompt]) -> torch.Tensor:
     """(B, 3) option probabilities in listed order + other -> (B, 3) as (pro, anti, other)."""
-    pro_col = torch.tensor([p.labels.index("pro") for p in prompts])
-    rows = torch.arange(len(prompts))
+    pro_col = torch.tensor([p.labels.index("pro") for p in prompts], device=probs.device)
+    rows = torch.arange(len(prompts), device=probs.device)
     return torch.stack([probs[rows, pro_col], probs[rows, 1 - pro_col], probs[:, -1]], dim=-1)
 
 
@@ -48,10 +48,15 @@ class MajorityTracker:
             signs[occ] = 1 if est >= 0 else -1
         return signs
 
-    def rewards(self, occupations: list[str], signs: dict[str, int]) -> torch.Tensor:
+    def rewards(self, occupations: list[str], signs: dict[str, int],
+                device: torch.device | str = "cpu") -> torch.Tensor:
         """(B, 3) rewards of (pro, anti, other) for each prompt."""
-        maj = torch.tensor([float(signs[o]) for o in occupations])
+        maj = torch.tensor([float(signs[o]) for o in occupations], device=device)
         return torch.stack([-maj, maj, torch.full_like(maj, self.other_reward)], dim=-1)
+
+    def bias(self) -> float:
+        """The running estimate of Per-Occupation Bias: mean over the occupations seen of |estimate|."""
+        return sum(abs(g) for g in self.gap.values()) / max(len(self.gap), 1)
 
     def signs(self, occupations: list[str]) -> dict[str, int]:
         """The current majority signs, without folding in a batch."""
@@ -80,13 +85,17 @@ def expected_reward(status_probs: torch.Tensor, rewards: torch.Tensor) -> torch.
 
 def sampled_reward_loss(status_probs: torch.Tensor, rewards: torch.Tensor, baseline: torch.Tensor,
                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """REINFORCE with a baseline: (loss, sampled rewards). loss = −mean((r − b) · log q(sampled answer))."""
-    q = status_probs.detach().clamp(min=1e-12)
+    """REINFORCE with a baseline: (loss, sampled rewards on the CPU). loss = −mean((r − b) · log q(answer)).
+
+    The answers are drawn on the CPU with `generator` (a CPU generator), so a run draws the same answers
+    on every device and a resumed run continues the same sequence."""
+    q = status_probs.detach().clamp(min=1e-12).cpu()
     answers = torch.multinomial(q / q.sum(-1, keepdim=True), 1, generator=generator).squeeze(-1)
     rows = torch.arange(len(answers))
-    r = rewards[rows, answers]
-    logq = status_probs[rows, answers].clamp(min=1e-12).log()
-    return -((r - baseline) * logq).mean(), r
+    r = rewards.cpu()[rows, answers]
+    dev = status_probs.device
+    logq = status_probs[rows.to(dev), answers.to(dev)].clamp(min=1e-12).log()
+    return -((r - baseline.cpu()).to(dev) * logq).mean(), r
 
 
 def per_occupation_bias(status_probs: torch.Tensor, occupations: list[str]) -> float:

@@ -16,8 +16,12 @@ class Run:
     Attributes:
         name: the adapter's name (the command line's default: the output file's stem).
         base_model: the model's name or path as given, recorded in the adapter.
-        out: the adapter file; DSO keeps OUT.ckpt (checkpoint) and OUT.log.jsonl (one row per step) beside it.
-        resume: DSO only: continue from OUT.ckpt if there is one.
+        out: the adapter file.
+        resume: DSO only: continue from the newest checkpoint in `checkpoints` if there is one.
+        checkpoint_dir: DSO's checkpoint folder (`trainer.checkpoint`); None: OUT.ckpt beside the adapter.
+        log_jsonl: DSO's JSON-lines log, one row per step (`trainer.progress`); None: OUT.log.jsonl.
+        stop_after: DSO only: stop (with a checkpoint) once this many steps are done, short of cfg.steps, as
+            a time-sliced job does; a later run with `resume` continues the same schedule.
         started: `time.monotonic()` when the run began (model loading included): the time budget counts
             from here.
     """
@@ -26,7 +30,18 @@ class Run:
     base_model: str
     out: Path
     resume: bool = False
+    checkpoint_dir: Path | None = None
+    log_jsonl: Path | None = None
+    stop_after: int | None = None
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.checkpoint_dir or Path(f"{self.out}.ckpt")
+
+    @property
+    def log(self) -> Path:
+        return self.log_jsonl or Path(f"{self.out}.log.jsonl")
 
 
 def peak_rss_mb() -> float:

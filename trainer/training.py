@@ -13,7 +13,7 @@ from adapters.hf import model_identity
 from adapters.methods import TRAINED_METHODS, TrainedMethod
 from adapters.sites import all_sites, parse_site
 from adapters.spec import SteeringSpec
-from trainer import baselines, dso
+from trainer import baselines, session
 from trainer.config import DSOConfig
 from trainer.errors import ConfigError
 from trainer.run import Run
@@ -22,7 +22,7 @@ from trainer.run import Run
 TrainFn = Callable[..., SteeringSpec]
 
 TRAINERS: dict[TrainedMethod, TrainFn] = {
-    "dso": dso.train,
+    "dso": session.train,
     "caa": partial(baselines.train, "caa", baselines.caa_vectors),
     "mean_diff": partial(baselines.train, "mean_diff", baselines.mean_diff_vectors),
 }
