@@ -138,21 +138,26 @@ def engine_defaults(model_path: str, on_cpu: bool) -> list[str]:
 
 
 def parallel_defaults(user_options: list[str], on_cpu: bool) -> list[str]:
-    """On CPU, what pipeline parallelism needs instead of `engine_defaults`' --enforce-eager, unless the
-    user chose (docs/distributed.md): vLLM 0.32's CPU runner fails the first request of an eager pipeline
-    (`assert self.intermediate_tensors is not None` in `sync_and_gather_intermediate_tensors`: the later
-    stages' receive buffers are only allocated by the compile warm-up), so PP > 1 runs compiled.
+    """On CPU, what parallel engines need instead of `engine_defaults`' single-worker choices, unless the
+    user chose (docs/distributed.md):
 
-    Tensor parallelism needs nothing: vLLM's CPU platform runs the multiprocessing executor whatever the
-    backend option says (it replaces `uni` by `mp`), one worker process per rank.
+    - several workers: the multiprocessing executor. vLLM's CPU platform turns `uni` into `mp` by itself,
+      but only after vLLM's config check has refused pipeline parallelism with `uni`;
+    - pipeline parallelism runs compiled: vLLM 0.32's CPU runner fails the first request of an eager
+      pipeline (`assert self.intermediate_tensors is not None` in `sync_and_gather_intermediate_tensors`:
+      the later stages' receive buffers are only allocated by the compile warm-up).
     """
     if not on_cpu:
         return []
+    tensor = int(option_value(user_options, "--tensor-parallel-size") or option_value(user_options, "-tp") or 1)
     pipeline = int(option_value(user_options, "--pipeline-parallel-size") or option_value(user_options, "-pp") or 1)
     given = {o.split("=", 1)[0] for o in user_options}
+    defaults = []
+    if tensor * pipeline > 1 and "--distributed-executor-backend" not in given:
+        defaults += ["--distributed-executor-backend", "mp"]
     if pipeline > 1 and not given & {"--enforce-eager", "--no-enforce-eager"}:
-        return ["--no-enforce-eager"]
-    return []
+        defaults += ["--no-enforce-eager"]
+    return defaults
 
 
 def drain_kwargs(options: ServeOptions, vllm_options: list[str]) -> dict:

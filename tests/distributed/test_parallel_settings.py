@@ -1,19 +1,23 @@
-"""fairsteer's defaults for parallel engines on CPU (server/settings.py parallel_defaults): compiled
-pipeline parallelism unless the user chose, nothing else changed."""
+"""fairsteer's defaults for parallel engines on CPU (server/settings.py parallel_defaults): the
+multiprocessing executor for several workers (vLLM refuses PP with `uni`: "Pipeline Parallelism without
+Ray distributed executor or multiprocessing executor or external launcher is not supported") and
+compiled pipeline parallelism, each unless the user chose."""
 
 import pytest
 
 from server.settings import parallel_defaults
 
+MP = ["--distributed-executor-backend", "mp"]
+
 
 @pytest.mark.parametrize("options, expected", [
     ([], []),
-    (["--tensor-parallel-size", "2"], []),                         # vLLM's CPU platform picks mp itself
-    (["--pipeline-parallel-size", "2"], ["--no-enforce-eager"]),  # eager PP fails in vLLM 0.32 (CPU)
-    (["--pipeline-parallel-size=2"], ["--no-enforce-eager"]),
-    (["-pp", "2", "--tensor-parallel-size", "2"], ["--no-enforce-eager"]),
-    (["--pipeline-parallel-size", "2", "--enforce-eager"], []),   # the user's choice stands
-    (["--pipeline-parallel-size", "2", "--no-enforce-eager"], []),
+    (["--tensor-parallel-size", "2"], MP),
+    (["--pipeline-parallel-size", "2"], MP + ["--no-enforce-eager"]),  # eager PP fails in vLLM 0.32 (CPU)
+    (["--pipeline-parallel-size=2"], MP + ["--no-enforce-eager"]),
+    (["-pp", "2", "--tensor-parallel-size", "2"], MP + ["--no-enforce-eager"]),
+    (["--pipeline-parallel-size", "2", "--enforce-eager"], MP),       # the user's choices stand
+    (["--pipeline-parallel-size", "2", "--no-enforce-eager", "--distributed-executor-backend", "ray"], []),
     (["--pipeline-parallel-size", "1"], []),
 ])
 def test_pipeline_parallelism_runs_compiled_on_cpu_unless_the_user_chose(options, expected):
