@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 system-deps:
 	sh tests/observability/install_prometheus.sh
 
-test: setup
+test: setup image-cpu
 	TRITON_INTERPRET=1 $(PY) -m pytest -q
 
 test-fast: setup
