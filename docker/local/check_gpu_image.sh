@@ -25,8 +25,9 @@ for arch in SUPPORTED_ARCHITECTURES:
     check_plugin_active(steered_architecture(arch))
 import server.vllm_plugin.ops, steering_kernels, steering_kernels.triton_kernels, torch, triton
 assert steering_kernels.HAS_TRITON, "triton does not import"
+vllm_version = version("vllm")
 print(f"ok: entry point {ep.value}; {len(SUPPORTED_ARCHITECTURES)} steered architectures registered; "
-      f"vllm {version(\"vllm\")}, torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}; "
+      f"vllm {vllm_version}, torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}; "
       f"steering backend here: {steering_kernels.BACKEND}")
 '
 echo "== 3. fairsteer serve --help"
