@@ -69,6 +69,7 @@ ensure_debian() {
         debootstrap --variant=minbase bookworm "$root" "$mirror" >"$root.log" 2>&1 \
             || { tail -20 "$root.log" >&2; exit 1; }
         mkdir -p "$CACHE"
+        rm -f "$root"/var/cache/apt/archives/*.deb   # debootstrap's downloads: 120 MB the image never needs
         tar -C "$root" --numeric-owner -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
         rm -rf "$root" "$root.log"
     fi
