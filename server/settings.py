@@ -241,9 +241,18 @@ def _plugin_kwargs(identity: "ModelIdentity", registry: "SteeringRegistry", admi
 
 
 def _has_cuda() -> bool:
+    """Whether the engine runs on CUDA; a CUDA build with no visible GPU stops start-up with the fix (vLLM
+    itself fails there with "Failed to infer device type")."""
     import torch
 
-    return torch.cuda.is_available()
+    if torch.cuda.is_available():
+        return True
+    if torch.version.cuda is not None:
+        raise ServeConfigError(
+            f"this is the CUDA build of torch {torch.__version__} (and vLLM), but no GPU is visible: run it on a "
+            "GPU node with the NVIDIA container runtime (`docker run --gpus all`, or request `nvidia.com/gpu` in "
+            "Kubernetes), or install the CPU build on a CPU machine (`pip install -e '.[cpu]'`)")
+    return False
 
 
 def _resolve(alias: str) -> str:

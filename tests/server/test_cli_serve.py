@@ -93,3 +93,14 @@ def test_unsteered_server_refuses_strength_and_passes_engine_options(tiny_llama,
         assert served.status_code == 200 and served.json()["fairsteer"] == {"adapter": None, "version": None,
                                                                              "strength": 0.0}
         assert "UNSTEERED" in server.log_tail(400)
+
+
+def test_a_cuda_build_without_a_gpu_stops_with_the_fix(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    with pytest.raises(settings.ServeConfigError, match="no GPU is visible.*--gpus all"):
+        settings._has_cuda()
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert settings._has_cuda() is False
