@@ -151,28 +151,29 @@ def load(args, dtype_name: str):
 
 
 def estimate_only(args) -> int:
-    """Print the estimate for the task's largest default batch, without building the model."""
+    """Print the estimate for the task's largest default batch (prompts tokenised by --model's tokenizer,
+    else the tiny test tokenizer), without building the model."""
     from tiny_models import tiny_tokenizer
 
     from adapters.sites import all_sites
 
-    config = shape_config(args.shape or "tiny")
-    cfg = DSOConfig(task=args.task, n_train=600, n_eval=10)
-    splits = load_splits(cfg.task, "generated", cfg.n_train, cfg.n_eval, cfg.seed, ())
-    tokenizer = tiny_tokenizer()
-    if args.model:
+    config, tokenizer = shape_config(args.shape or "tiny"), tiny_tokenizer()
+    if args.model:  # its tokenizer (the prompts' lengths), and its config unless --shape names one
         from transformers import AutoConfig, AutoTokenizer
 
         from adapters.model_store import resolve_model
         path = resolve_model(args.model)
-        config, tokenizer = AutoConfig.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        config = config if args.shape else AutoConfig.from_pretrained(path)
+    cfg = DSOConfig(task=args.task, n_train=600, n_eval=10)
+    splits = load_splits(cfg.task, "generated", cfg.n_train, cfg.n_eval, cfg.seed, ())
     rows, length = dso.BatchSampler(splits.train, splits.train_resolvable, tokenizer, cfg).largest(0)
     rows, length = args.rows or rows, args.length or length
     sites = len(all_sites(memory.text_config(config).num_hidden_layers))
     for name in args.dtypes.split(","):
         for ckpt in _checkpointing(args.checkpointing):
             est = memory.estimate(config, placement.DTYPE_OF[name], rows, length, sites, ckpt)
-            print(f"{args.shape or args.model} {name} ckpt={'on' if ckpt else 'off'} batch {rows}x{length}: "
+            print(f"{args.shape or args.model} ({args.task}) {name} ckpt={'on' if ckpt else 'off'} batch {rows}x{length}: "
                   f"{est.describe()}")
     return 0
 

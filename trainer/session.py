@@ -88,22 +88,31 @@ def plan_memory(model, sampler, cfg: DSOConfig, num_sites: int, start: int,
     def at(ckpt: bool) -> memory.StepMemory:
         return memory.estimate(model.config, where.dtype, rows, length, num_sites, ckpt, weights)
 
-    checkpointing, estimate = cfg.gradient_checkpointing, at(cfg.gradient_checkpointing)
+    checkpointing = cfg.gradient_checkpointing
     if where.device.type == "cuda" and len(where.devices) == 1:
         capacity = placement.HEADROOM * torch.cuda.get_device_properties(where.device).total_memory
-        if estimate.total > capacity and not checkpointing and at(True).total <= capacity:
-            checkpointing, estimate = True, at(True)
-            print("the step does not fit on the GPU without activation checkpointing: turned on",
-                  file=sys.stderr)
-        if estimate.total > capacity:
-            raise ConfigError(f"one step needs about {estimate.total / memory.GIB:.1f} GiB "
-                              f"({estimate.describe()}); {where.device} has {capacity / memory.GIB:.1f} usable: "
-                              "use fewer --occupations-per-step / --generic-per-step, or --device cuda with "
-                              "several GPUs")
+        checkpointing = choose_checkpointing(checkpointing, at(False), at(True), capacity, str(where.device))
+    estimate = at(checkpointing)
     print(f"memory per step (estimate; batch {rows} rows x {length} tokens, {placement.dtype_name(where.dtype)}, "
           f"activation checkpointing {'on' if checkpointing else 'off'}): {estimate.describe()}",
           file=sys.stderr)
     return checkpointing, estimate
+
+
+def choose_checkpointing(requested: bool, plain: memory.StepMemory, checkpointed: memory.StepMemory,
+                         capacity: float, device: str) -> bool:
+    """Whether to checkpoint activations on a device of `capacity` usable bytes: as requested, or turned on
+    when the step fits only with it. Raises ConfigError when it fits neither way."""
+    if (checkpointed if requested else plain).total <= capacity:
+        return requested
+    if checkpointed.total <= capacity:
+        print(f"one step needs about {plain.total / memory.GIB:.1f} GiB without activation checkpointing, more "
+              f"than {device} has: turned it on", file=sys.stderr)
+        return True
+    raise ConfigError(f"one step needs about {checkpointed.total / memory.GIB:.1f} GiB even with activation "
+                      f"checkpointing ({checkpointed.describe()}); {device} has {capacity / memory.GIB:.1f} "
+                      "usable: use fewer --occupations-per-step / --generic-per-step, a smaller --dtype, or "
+                      "--device cuda with several GPUs")
 
 
 def _adapter(state: TrainState, cfg: DSOConfig, run: Run, where: placement.Placement, checkpointing: bool,

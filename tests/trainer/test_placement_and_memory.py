@@ -6,7 +6,7 @@ import torch
 from tiny_models import tiny_model, tiny_tokenizer
 
 from adapters.hf import Steering, attach, model_identity
-from trainer import dso, memory, placement, rewards
+from trainer import dso, memory, placement, rewards, session
 from trainer.checkpoint import TrainState
 from trainer.config import DSOConfig
 from trainer.errors import ConfigError
@@ -106,3 +106,36 @@ def test_memory_estimate_is_within_25_percent_of_the_measured_peak_in_bf16(check
     assert 0.75 <= measured / estimate.step <= 1.25, (measured, estimate)
     # Counted from the config on the meta device: the parameters; the loaded model adds a few buffers.
     assert memory.weight_bytes(model.config, torch.bfloat16) == pytest.approx(estimate.weights, rel=0.01)
+
+
+def _mem(total_gib: float) -> memory.StepMemory:
+    return memory.StepMemory(weights=int(total_gib * GIB), adapter=0, activations=0, logits=0)
+
+
+def test_checkpointing_is_turned_on_only_when_the_step_fits_no_other_way():
+    choose = session.choose_checkpointing
+    assert choose(False, _mem(40), _mem(25), 72 * GIB, "cuda:0") is False, "fits: as asked"
+    assert choose(True, _mem(40), _mem(25), 72 * GIB, "cuda:0") is True
+    assert choose(False, _mem(90), _mem(60), 72 * GIB, "cuda:0") is True, "fits only checkpointed: on"
+    with pytest.raises(ConfigError, match="--occupations-per-step"):
+        choose(False, _mem(120), _mem(90), 72 * GIB, "cuda:0")
+
+
+def test_a_model_too_large_for_one_gpu_is_spread_over_the_visible_ones(monkeypatch):
+    from types import SimpleNamespace
+
+    from tiny_models import tiny_config
+
+    from trainer import base_model
+
+    config, cfg = tiny_config(hidden=512, layers=4), DSOConfig(occupations_per_step=1)
+    weights = memory.weight_bytes(config, torch.float32)
+    step = memory.estimate(config, torch.float32, 2 + 4 + 4, base_model.NOMINAL_LENGTH, 9, weights=0).step
+    gpu = int((0.75 * weights + step) / placement.HEADROOM)  # two such "GPUs" hold it, one does not
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=gpu))
+    placed = base_model._device_map(config, "cuda", torch.float32, cfg)
+    assert placed["device_map"] == "auto" and set(placed["max_memory"]) == {0, 1}
+    assert sum(placed["max_memory"].values()) >= weights
+    assert base_model._device_map(config, "cuda:1", torch.float32, None) == {"device_map": "cuda:1"}
+    assert base_model._device_map(config, "cpu", torch.float32, None) == {}
