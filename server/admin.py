@@ -53,9 +53,8 @@ class AdapterSlots:
     start-up adapters and never changes; with it, `AdapterAdmin` writes slots at run time.
     """
 
-    def __init__(self, engine_client, registry: SteeringRegistry, capacity: int, hidden_size: int):
+    def __init__(self, engine_client, registry: SteeringRegistry, capacity: int):
         self.engine = engine_client
-        self.hidden_size = hidden_size  # of the model: what an empty slot's rows are checked against
         self.names = [a.slot for a in registry.adapters.values()]
         self.names += [FREE_SLOT] * (capacity - len(self.names))
         self.in_flight: Counter[str] = Counter()
@@ -100,22 +99,22 @@ class AdapterSlots:
                                          args=(slot, name, list(spec.sites), spec.a.tolist(), spec.b.tolist()))
         expected = [*self.names[:slot - 1], name, *self.names[slot:]]
         tables = await self.tables()
-        problems = table_problems(tables, expected, None) + slot_problems(tables, slot, spec, self.hidden_size)
+        hidden = spec.a.shape[1]
+        problems = table_problems(tables, expected, None) + slot_problems(tables, slot, spec, hidden)
         if problems:
             raise AdminError(500, f"adapter {name!r} not loaded: {'; '.join(problems)}. "
-                                  f"{await self._clear(slot)}")
+                                  f"{await self._clear(slot, hidden)}")
         self.names[slot - 1] = name
         publish_slot_names(tuple(self.names))
 
-    async def _clear(self, slot: int) -> str:
+    async def _clear(self, slot: int, hidden: int) -> str:
         """Free `slot` in every worker after a failed write; says whether that worked."""
         self.names[slot - 1] = FREE_SLOT
         publish_slot_names(tuple(self.names))
         try:
             await self.engine.collective_rpc("fairsteer_write_slot", args=(slot, FREE_SLOT, [], [], []))
             tables = await self.tables()
-            problems = table_problems(tables, self.names, None) + slot_problems(tables, slot, None,
-                                                                                self.hidden_size)
+            problems = table_problems(tables, self.names, None) + slot_problems(tables, slot, None, hidden)
         except Exception as exc:  # noqa: BLE001 - report it with the original failure
             problems = [repr(exc)]
         if problems:

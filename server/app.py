@@ -32,11 +32,16 @@ def run(settings: ServeSettings) -> int:
     """Serve until stopped (SIGINT/SIGTERM). Raises ServeConfigError when the server cannot start."""
     import uvloop
 
+    from server.api_servers import api_server_count, run_api_servers
+
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # as vLLM's own CLI does
     args = build_vllm_args(settings.model_path, settings.host, settings.port, list(settings.engine_options),
                            settings.engine_kwargs)
     try:
-        uvloop.run(serve(args, settings))
+        if api_server_count(args) > 1:  # one engine, several API processes, each with `install`
+            run_api_servers(args, settings, api_server_process)
+        else:
+            uvloop.run(serve(args, settings))
     except (KeyboardInterrupt, SystemExit, ServeConfigError):
         raise
     except OSError as exc:
@@ -73,8 +78,31 @@ def build_vllm_args(model: str, host: str, port: int, engine_options: list[str],
     return args
 
 
-async def serve(args: argparse.Namespace, settings: ServeSettings) -> None:
-    """Run the server until it is stopped (SIGINT/SIGTERM); raises if the engine fails to start."""
+def api_server_process(listen_address: str, sock, args: argparse.Namespace, client_config: dict) -> None:
+    """One of several API processes (spawned by vLLM's APIServerProcessManager, server/api_servers.py):
+    fairsteer's app on the shared socket, connected to the parent's engine."""
+    import uvloop
+    from vllm.utils.system_utils import decorate_logs, set_process_title
+
+    from server import group_metrics
+
+    settings: ServeSettings = args.fairsteer_settings
+    set_process_title("APIServer", str(client_config.get("client_index", 0)))
+    decorate_logs()
+    # Module state of the parent's start-up that a spawned process does not inherit.
+    group_metrics.configure(settings.group_lexicon, [settings.registry.model])
+    group_metrics.set_loaded_adapters(settings.registry.adapters)
+    uvloop.run(serve(args, settings, (listen_address, sock), client_config))
+
+
+async def serve(args: argparse.Namespace, settings: ServeSettings, listening: tuple[str, Any] | None = None,
+                client_config: dict[str, Any] | None = None) -> None:
+    """Run the server until it is stopped (SIGINT/SIGTERM); raises if the engine fails to start.
+
+    Alone, it binds the socket and starts the engine. As one of several API processes
+    (server/api_servers.py) it gets the shared socket as `listening` (address, socket) and vLLM's
+    `client_config`, which connects it to the engine the parent process started.
+    """
     from vllm import envs
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
@@ -85,15 +113,19 @@ async def serve(args: argparse.Namespace, settings: ServeSettings) -> None:
         raise KeyboardInterrupt("terminated")
 
     signal.signal(signal.SIGTERM, interrupt_start_up)
-    listen_address, sock = setup_server(args, reuse_port=False)
-    async with build_async_engine_client(args) as engine_client:
+    listen_address, sock = listening or setup_server(args, reuse_port=False)
+    client_config = dict(client_config or {})
+    loads = client_config.pop("api_server_loads", None)  # vLLM's least-loaded accept between processes
+    peer_loads = (loads, client_config["client_index"]) if loads is not None else None
+    async with build_async_engine_client(args, client_config=client_config or None) as engine_client:
         supported_tasks = await engine_client.get_supported_tasks()
         app = build_app(args, supported_tasks, engine_client.model_config)
         await install(app, engine_client, settings)
         await init_app_state(engine_client, app.state, args, supported_tasks)
         _announce(settings.registry, listen_address)
         shutdown_task = await serve_http(
-            app, sock=sock, enable_ssl_refresh=args.enable_ssl_refresh, host=args.host, port=args.port,
+            app, sock=sock, enable_ssl_refresh=args.enable_ssl_refresh, peer_loads=peer_loads, host=args.host,
+            port=args.port,
             log_level=args.uvicorn_log_level, access_log=not args.disable_uvicorn_access_log,
             timeout_keep_alive=envs.VLLM_HTTP_TIMEOUT_KEEP_ALIVE, ssl_keyfile=args.ssl_keyfile,
             ssl_certfile=args.ssl_certfile, ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs,
@@ -123,7 +155,7 @@ async def install(app, engine_client, settings: ServeSettings) -> None:
         return app.state.fairsteer_registry
 
     capacity = settings.admin.slot_capacity if settings.admin else len(settings.registry.adapters)
-    slots = AdapterSlots(engine_client, settings.registry, capacity, settings.identity.hidden_size)
+    slots = AdapterSlots(engine_client, settings.registry, capacity)
     if settings.steered_engine:
         await slots.check_engine(steered_sites(settings))
     drain = Drain()

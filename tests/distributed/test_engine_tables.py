@@ -61,7 +61,7 @@ class FakeEngine:
 def slots_for(engine) -> AdapterSlots:
     registry = SteeringRegistry(model="m", adapters={}, default_adapter=None, default_strength=0.0,
                                 max_strength=2.0)
-    return AdapterSlots(engine, registry, CAPACITY, IDENTITY.hidden_size)
+    return AdapterSlots(engine, registry, CAPACITY)
 
 
 def spec(seed: int):
