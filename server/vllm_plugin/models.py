@@ -8,6 +8,11 @@ additions:
   2. `forward` first fills the per-token strength/adapter buffers from the forward context, then runs the
      (possibly torch.compiled) decoder unchanged.
 
+Parallel engines: every tensor-parallel rank holds every site (norms are replicated). Under pipeline
+parallelism each stage builds and steers only the sites of its own layers (`local_norm` skips vLLM's
+`PPMissingLayer` placeholders); a later stage has no token ids, but its runner's logits processor sees the
+same batch updates, so `prepare_step` gives its tokens the same strengths (docs/distributed.md).
+
 A steered norm returns `fairsteer.steer(norm(x))`: vLLM's own norm first, so strength 0 is bit-identical
 to plain vLLM. On CUDA, plain RMSNorm sites fed by a residual use the fused `fairsteer.rms_norm_steer`
 instead; FAIRSTEER_FUSED_NORM=0 turns that off, =1 forces it on CPU too (there it is the torch path of

@@ -17,7 +17,7 @@ Selected with `--worker-extension-cls server.vllm_plugin.reload.SteeringReloadEx
 tensor-parallel rank holds all sites' tables: norms are replicated; each pipeline stage holds its own
 layers' sites). `fairsteer_slot_table` reports, per worker, the slot names, the sites it steers and a
 digest of every slot's rows (`slot_digest`), so the front end can check after each write that every
-worker holds exactly what was written (server.admin.AdapterSlots.verify).
+worker holds exactly what was written (server.admin.AdapterSlots.write, server/engine_tables.py).
 """
 
 import torch
