@@ -212,6 +212,13 @@ def _admin(options: ServeOptions, security: SecuritySettings, table: dict[str, s
         raise ServeConfigError("--adapter-dir keeps adapter versions in one API server process; drop "
                                "--api-server-count or set it to 1 (run more replicas behind a load balancer "
                                "instead)")
+    data_parallel = option_value(vllm_options, "--data-parallel-size") or option_value(vllm_options, "-dp")
+    if data_parallel not in (None, "1"):
+        # vLLM's data-parallel client runs a collective_rpc on every engine but returns the first engine's
+        # answers only, so a write another engine missed could not be seen (docs/distributed.md).
+        raise ServeConfigError("--adapter-dir checks every engine worker after each adapter write, which vLLM's "
+                               "data-parallel client cannot do for the second engine on; drop "
+                               "--data-parallel-size or run one replica per engine behind a load balancer")
     record_path = Path(options.adapter_record) if options.adapter_record else dirs[0] / RECORD_NAME
     return AdminSettings(tuple(dirs), options.max_adapters, AdapterRecord(record_path, table))
 

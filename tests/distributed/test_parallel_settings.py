@@ -26,3 +26,22 @@ def test_pipeline_parallelism_runs_compiled_on_cpu_unless_the_user_chose(options
 
 def test_gpu_options_are_left_to_vllm():
     assert parallel_defaults(["--pipeline-parallel-size", "2"], on_cpu=False) == []
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--api-server-count", "2"], "one API server process"),       # admin state lives in one process
+    (["--data-parallel-size", "2"], "data-parallel client"),       # writes could not be checked everywhere
+    (["-dp=2"], "data-parallel client"),
+])
+def test_run_time_adapters_refuse_what_they_cannot_keep_consistent(tmp_path, options, words):
+    from server.errors import ServeConfigError
+    from server.security import DEFAULT_MAX_REQUEST_BYTES, SecuritySettings
+    from server.settings import ServeOptions, _admin
+
+    admin_key = "admin-key-0123456789"
+    security = SecuritySettings.from_options(None, admin_key, DEFAULT_MAX_REQUEST_BYTES)
+    serve = ServeOptions(adapter_dirs=(str(tmp_path),), admin_key=admin_key)
+    with pytest.raises(ServeConfigError, match=words):
+        _admin(serve, security, {}, options)
+    assert _admin(serve, security, {}, ["--tensor-parallel-size", "2", "--pipeline-parallel-size", "2"])
+    assert _admin(ServeOptions(), security, {}, options) is None, "without --adapter-dir nothing is refused"
