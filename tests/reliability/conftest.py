@@ -22,7 +22,6 @@ from adapters import io
 from adapters.spec import ModelIdentity, random_spec
 
 
-
 def random_adapter(name: str, identity: ModelIdentity, seed: int, path: Path) -> Path:
     spec = random_spec(identity, name, seed, scale_a=0.5, scale_b=2.0, base_model="tiny", method="constructed")
     return io.save(spec, path)

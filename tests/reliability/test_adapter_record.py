@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 from reliability.helpers import ADMIN_KEY, API_KEY, ENGINE, api_headers
+from server_process import ServerProcess, fairsteer_argv, free_port
 
 from adapters import io
 from server.adapter_record import AdapterRecord, check_versions
 from server.errors import ServeConfigError
-from server_process import ServerProcess, fairsteer_argv, free_port
 
 
 @dataclass(frozen=True)
