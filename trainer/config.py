@@ -96,7 +96,8 @@ class DSOConfig:
     dtype: DtypeName = field(default="auto", metadata={"help": "the frozen model's dtype: " + DTYPE_HELP})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute each decoder layer's activations in the backward pass: activation memory falls "
-                "from every layer's to one layer's, a step costs about one more forward pass"})
+                "from every layer's to one layer's, a step costs about one more forward pass; turned on by "
+                "itself on a GPU where a step would not fit otherwise"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
 
     def __post_init__(self) -> None:
