@@ -27,7 +27,9 @@ ANNOUNCEMENT = "fairsteer: serving"
 
 @pytest.fixture(scope="module")
 def server(start, dist_model, dist_adapters, tp1_reference):  # after the one-process reference
-    return start("fairsteer", dist_model, engine=("--api-server-count", "2"), adapters=adapter_table(dist_adapters))
+    server = start("fairsteer", dist_model, engine=("--api-server-count", "2"), adapters=adapter_table(dist_adapters))
+    yield server
+    server.stop()  # idle engine workers still poll: free the cores for the next module
 
 
 def api_processes(server) -> list[psutil.Process]:

@@ -49,8 +49,10 @@ def plain_pp2(start, dist_model):
 
 @pytest.fixture(scope="module")
 def server(start, dist_model, dist_adapters, plain_pp2):
-    return start("fairsteer", dist_model, engine=PP2, adapters=adapter_table(dist_adapters),
-                 options=("--adapter-dir", str(dist_adapters), "--max-adapters", "4"))
+    server = start("fairsteer", dist_model, engine=PP2, adapters=adapter_table(dist_adapters),
+                   options=("--adapter-dir", str(dist_adapters), "--max-adapters", "4"))
+    yield server
+    server.stop()  # idle engine workers still poll: free the cores for the next module
 
 
 def test_each_stage_steers_its_own_layers(server):

@@ -10,6 +10,11 @@ sum. Greedy tokens must be identical for all 16 tokens of every request (no near
 and each chosen token's log-probability within 1e-4 (measured: a few 1e-6 at most).
 """
 
+import os
+import signal
+import time
+
+import psutil
 import pytest
 from distributed.helpers import (
     MAX_TOKENS,
@@ -37,8 +42,10 @@ def plain_tp2(start, dist_model):
 
 @pytest.fixture(scope="module")
 def server(start, dist_model, dist_adapters, plain_tp2):  # after the plain server has stopped
-    return start("fairsteer", dist_model, engine=TP2, adapters=adapter_table(dist_adapters),
-                 options=("--adapter-dir", str(dist_adapters), "--max-adapters", "4"))
+    server = start("fairsteer", dist_model, engine=TP2, adapters=adapter_table(dist_adapters),
+                   options=("--adapter-dir", str(dist_adapters), "--max-adapters", "4"))
+    yield server
+    server.stop()  # idle engine workers still poll: free the cores for the next module
 
 
 def test_the_engine_runs_two_tensor_parallel_workers(server):
@@ -77,3 +84,28 @@ def test_load_replace_and_unload_at_tp2_reach_both_workers_under_load(server, di
     and unloaded: every write is checked in both workers by the server (a disagreement is a 500), and
     every greedy answer equals the solo answer of the version its response names."""
     check_replace_under_load(server, dist_model, dist_adapters, jobs=60)
+
+
+def test_sigterm_stops_the_server_and_both_workers(server):
+    """Last in the module: SIGTERM, then no process of the server's group (API, engine core, two
+    workers) may be left. vLLM's shutdown is asynchronous: a worker notices its parent left by polling."""
+    group = os.getpgid(server.proc.pid)
+    start = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(90) is not None
+    left = []
+    while time.monotonic() - start < 120:
+        left = [p for p in psutil.process_iter(["pid"]) if _group(p) == group]
+        if not left:
+            break
+        time.sleep(0.5)
+    names = [p.name() for p in left if p.is_running()]
+    print(f"server and workers gone {time.monotonic() - start:.1f} s after SIGTERM")
+    assert not names, f"processes left {time.monotonic() - start:.0f} s after SIGTERM: {names}"
+
+
+def _group(proc) -> int | None:
+    try:
+        return os.getpgid(proc.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
