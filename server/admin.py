@@ -11,17 +11,22 @@ unpickled) and validated against the served model; a file that fails is refused 
 
 Atomicity. Every loaded version owns an engine slot named "NAME@VERSION" (`engine_boundary.slot_name`).
 The steering middleware resolves a request against the current registry and, with no await in between,
-writes that version's slot into the request and counts it in flight (`AdapterSlots.track`) until its
+writes that version's slot into the request and counts it in flight (`AdapterSlots.admit`) until its
 response ends. A replace writes a free slot, then swaps the registry: new requests get the new version,
 requests already admitted finish on the old one, whose slot is reused only once none of them is left.
+
+Several API processes (`--api-server-count N`): the engine's table is the one source of truth. A change
+holds a server-wide lock, writes and checks the slot, then commits the new set in every engine worker
+(compare-and-swap on a generation); every other process re-reads the engine's table before it admits its
+next request, and in-flight counts are server-wide (server/adapter_ledger.py).
 """
 
 import asyncio
 import logging
-from collections import Counter
-from contextlib import contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -29,6 +34,7 @@ from fastapi.responses import JSONResponse
 
 from adapters import io
 from adapters.spec import AdapterFormatError, ModelIdentity
+from server.adapter_ledger import AdapterLedger
 from server.asgi import BodyError, openai_error, parse_json
 from server.engine_boundary import FREE_SLOT, adapter_name_problem, slot_name
 from server.engine_tables import slot_problems, table_problems
@@ -47,17 +53,27 @@ class AdminError(Exception):
 
 
 class AdapterSlots:
-    """The engine's adapter slots as the front end sees them, and the requests in flight on each.
+    """The engine's adapter slots as this API process sees them, and the requests in flight on each.
 
     Slot k (1-based) holds `names[k-1]`, FREE_SLOT when empty. Without --adapter-dir the table is the
-    start-up adapters and never changes; with it, `AdapterAdmin` writes slots at run time.
+    start-up adapters and never changes; with it, `AdapterAdmin` writes slots at run time. The engine's
+    table is the one source of truth: with several API processes (`ledger` shared between them,
+    server/adapter_ledger.py) a process whose copy is older than the last change re-reads it (`sync`)
+    before it admits a request, and in-flight counts are server-wide.
+
+    `holder.fairsteer_registry` is the registry requests are resolved against (the app's state).
     """
 
-    def __init__(self, engine_client, registry: SteeringRegistry, capacity: int):
+    def __init__(self, engine_client, registry: SteeringRegistry, capacity: int,
+                 ledger: AdapterLedger | None = None, holder: Any = None):
         self.engine = engine_client
         self.names = [a.slot for a in registry.adapters.values()]
         self.names += [FREE_SLOT] * (capacity - len(self.names))
-        self.in_flight: Counter[str] = Counter()
+        self.ledger = ledger or AdapterLedger(capacity)
+        self.holder = holder or SimpleNamespace()
+        self.holder.fairsteer_registry = registry
+        self.generation = 0  # of the engine table this copy was read from; 0: the start-up table
+        self._sync_lock = asyncio.Lock()
         publish_slot_names(tuple(self.names))
 
     async def tables(self) -> list[dict[str, Any]]:
@@ -72,21 +88,69 @@ class AdapterSlots:
             raise ServeConfigError("the engine and the front end disagree on the adapter table: "
                                    + "; ".join(problems))
 
-    @contextmanager
-    def track(self, slot: str | None):
-        """Count a request on `slot` until its response ends (None: unsteered, not counted)."""
-        if slot is None:
-            yield
+    async def sync(self) -> None:
+        """Re-read the engine's table if another API process changed it since this copy was read."""
+        if self.generation >= self.ledger.generation:
             return
-        self.in_flight[slot] += 1
+        async with self._sync_lock:
+            if self.generation < self.ledger.generation:
+                await self._reread()
+
+    async def _reread(self) -> None:
+        tables = await self.tables()
+        first = tables[0]
+        problems = table_problems(tables, first["slots"], None)
+        problems += [f"engine worker {t.get('rank')} is at adapter table generation {t['generation']}, not "
+                     f"{first['generation']}" for t in tables if t["generation"] != first["generation"]]
+        if problems or first["live"] is None:
+            raise AdminError(503, "the engine's adapter table cannot be read consistently: "
+                                  f"{'; '.join(problems) or 'no adapter set was committed'}; retry")
+        current = self.holder.fairsteer_registry
+        adapters = {}
+        for name, entry in first["live"]["adapters"].items():
+            known = current.adapters.get(name)
+            if known is not None and known.version == entry["version"]:
+                adapters[name] = known
+            else:
+                adapters[name] = await asyncio.to_thread(_described, name, entry["file"], entry["version"])
+        registry = replace(current, adapters=adapters, default_adapter=first["live"]["default_adapter"])
+        self._publish(first["slots"], registry, first["generation"])
+
+    def _publish(self, names: list[str], registry: SteeringRegistry, generation: int) -> None:
+        """Take a table of the engine's as this process's copy: validation, resolution, metrics."""
+        self.names = list(names)
+        publish_slot_names(tuple(self.names))
+        self.holder.fairsteer_registry = registry
+        self.generation = generation
         try:
+            from server import group_metrics
+
+            group_metrics.set_loaded_adapters(registry.adapters)
+        except Exception:
+            logger.exception("group metrics could not record the new adapter set")
+
+    def admit(self, slot: str | None) -> bool:
+        """Count a request on `slot` (None: unsteered) in flight until `release`; False when another API
+        process changed the table since this copy was read (then `sync` and resolve again)."""
+        return self.ledger.admit(self._index(slot), self.generation)
+
+    def release(self, slot: str | None) -> None:
+        self.ledger.release(self._index(slot))
+
+    def _index(self, slot: str | None) -> int | None:
+        return None if slot is None else self.names.index(slot) + 1
+
+    @asynccontextmanager
+    async def changing(self):
+        """One admin change at a time, server-wide, made against the engine's latest table."""
+        async with self.ledger.changing():
+            await self.sync()
             yield
-        finally:
-            self.in_flight[slot] -= 1
 
     def free_slot(self, live: set[str]) -> int:
         for k, name in enumerate(self.names, start=1):
-            if name == FREE_SLOT or (name not in live and self.in_flight[name] == 0):
+            # Not live: no API process with a current copy admits to it; counted 0: none is in flight.
+            if name == FREE_SLOT or (name not in live and self.ledger.in_flight(k) == 0):
                 return k
         raise AdminError(409, "every adapter slot holds a live version or one still serving requests; "
                               "retry once in-flight requests finish")
@@ -95,8 +159,8 @@ class AdapterSlots:
         """Write `spec` into every worker's slot `slot` under `name`, check that every worker holds it,
         then tell the front-end checks. Raises AdminError (500) when a worker disagrees: the slot is then
         cleared everywhere and stays unnamed, so no request can reach a half-written table."""
-        await self.engine.collective_rpc("fairsteer_write_slot",
-                                         args=(slot, name, list(spec.sites), spec.a.tolist(), spec.b.tolist()))
+        await self.engine.collective_rpc("fairsteer_write_slot", args=(slot, name, list(spec.sites), spec.a.tolist(),
+                                                                       spec.b.tolist(), self.generation))
         expected = [*self.names[:slot - 1], name, *self.names[slot:]]
         tables = await self.tables()
         hidden = spec.a.shape[1]
@@ -106,6 +170,19 @@ class AdapterSlots:
                                   f"{await self._clear(slot, hidden)}")
         self.names[slot - 1] = name
         publish_slot_names(tuple(self.names))
+
+    async def commit(self, registry: SteeringRegistry) -> None:
+        """Make `registry` the served set: in every engine worker (compare-and-swap on the generation),
+        then here, then for every other API process (the ledger's generation: they re-read)."""
+        live = {"default_adapter": registry.default_adapter,
+                "adapters": {n: {"file": a.path, "version": a.version} for n, a in registry.adapters.items()}}
+        answers = await self.engine.collective_rpc("fairsteer_commit", args=(self.generation, live))
+        generation = self.generation + 1
+        if any(answer != generation for answer in answers):
+            raise AdminError(500, f"the engine workers answered generations {answers} to a change from "
+                                  f"generation {self.generation}; restart the server to rebuild the tables")
+        self._publish(self.names, registry, generation)
+        self.ledger.finish_change(generation)
 
     async def _clear(self, slot: int, hidden: int) -> str:
         """Free `slot` in every worker after a failed write; says whether that worked."""
@@ -128,7 +205,7 @@ class AdapterSlots:
             return "free" if n == FREE_SLOT else "live" if n in live else "draining"
 
         return [{"slot": k, "name": n.split("@")[0] if n else None, "version": n.split("@")[1] if n else None,
-                 "state": state(n), "in_flight": self.in_flight[n] if n else 0}
+                 "state": state(n), "in_flight": self.ledger.in_flight(k) if n else 0}
                 for k, n in enumerate(self.names, start=1)]
 
 
@@ -137,7 +214,6 @@ class AdapterAdmin:
 
     def __init__(self, app: FastAPI, slots: AdapterSlots, identity: ModelIdentity, settings: AdminSettings):
         self.app, self.slots, self.identity, self.settings = app, slots, identity, settings
-        self.lock = asyncio.Lock()
 
     @property
     def registry(self) -> SteeringRegistry:
@@ -167,7 +243,7 @@ class AdapterAdmin:
     async def load(self, name: str, file: Any) -> dict[str, Any]:
         _check_name(name)
         path = self.resolve_file(file)
-        async with self.lock:
+        async with self.slots.changing():
             registry = self.registry
             if name not in registry.adapters and len(registry.adapters) >= self.settings.max_adapters:
                 raise AdminError(409, f"{len(registry.adapters)} adapters are loaded, the limit set by "
@@ -184,13 +260,13 @@ class AdapterAdmin:
             loaded = LoadedAdapter(name, str(path), spec.version, spec.sites, spec.num_parameters, spec.meta)
             adapters = {**registry.adapters, name: loaded}
             default = registry.default_adapter or name
-            self._commit(replace(registry, adapters=adapters, default_adapter=default))
+            await self._commit(replace(registry, adapters=adapters, default_adapter=default))
         return {"adapter": name, "version": spec.version, "replaced": old.version if old else None,
                 "unchanged": False}
 
     async def unload(self, name: str) -> dict[str, Any]:
         _check_name(name)
-        async with self.lock:
+        async with self.slots.changing():
             registry = self.registry
             if name not in registry.adapters:
                 raise AdminError(404, f"adapter {name!r} is not loaded", "name")
@@ -199,11 +275,12 @@ class AdapterAdmin:
                                       "it); replace it instead of unloading it", "name")
             adapters = {k: v for k, v in registry.adapters.items() if k != name}
             version = registry.adapters[name].version
-            self._commit(replace(registry, adapters=adapters))
+            await self._commit(replace(registry, adapters=adapters))
         return {"adapter": name, "unloaded": version}
 
-    def _commit(self, registry: SteeringRegistry) -> None:
-        """Record the new set, then swap: one assignment, so requests see the old registry or the new one."""
+    async def _commit(self, registry: SteeringRegistry) -> None:
+        """Record the new set (this process only: changes are serialised server-wide), then commit it in
+        the engine and swap: requests see the old registry or the new one, never a mix."""
         record = self.settings.record
         if record is not None:
             try:
@@ -211,18 +288,30 @@ class AdapterAdmin:
             except OSError as exc:
                 raise AdminError(503, f"the change could not be recorded in {record.path} ({exc}), so it was "
                                       "not made; the adapters loaded before keep serving") from None
-        self.app.state.fairsteer_registry = registry
         try:
-            from server import group_metrics
-
-            group_metrics.set_loaded_adapters(registry.adapters)
-        except Exception:
-            logger.exception("group metrics could not record the new adapter set")
+            await self.slots.commit(registry)
+        except BaseException:
+            if record is not None:  # the engine still serves the old set: so must a restart
+                record.save(self.registry.adapters, self.registry.default_adapter)
+            raise
 
     def describe(self) -> dict[str, Any]:
         return {"object": "list", "data": self.slots.describe(self.live()),
                 "max_adapters": self.settings.max_adapters,
                 "adapter_dirs": [str(d) for d in self.settings.adapter_dirs]}
+
+
+def _described(name: str, file: str, version: str) -> LoadedAdapter:
+    """The front end's description of an adapter another API process loaded (the engine names its file)."""
+    try:
+        spec = io.load(file)
+    except AdapterFormatError as exc:
+        raise AdminError(503, f"adapter {name!r} ({file}) loaded by another API process cannot be read here: "
+                              f"{exc}") from None
+    if spec.version != version:
+        raise AdminError(503, f"adapter {name!r}: {file} holds version {spec.version}, but the engine serves "
+                              f"version {version} (the file changed after it was loaded); load it again")
+    return LoadedAdapter(name, file, version, spec.sites, spec.num_parameters, spec.meta)
 
 
 def _check_name(name: str) -> None:
@@ -236,6 +325,10 @@ def _error(exc: AdminError) -> JSONResponse:
 
 def add_admin_routes(app: FastAPI, manager: AdapterAdmin) -> None:
     async def list_slots() -> JSONResponse:
+        try:
+            await manager.slots.sync()
+        except AdminError as exc:
+            return _error(exc)
         return JSONResponse(manager.describe())
 
     async def put_adapter(name: str, request: Request) -> JSONResponse:

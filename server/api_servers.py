@@ -10,12 +10,11 @@ middleware, the steering routes and the start-up check of the engine's slot tabl
     API child i   server/app.py `api_server_process`: group metrics set up, `serve(args, settings,
                   socket, client_config)` -> uvicorn
 
-Every API process validates against the same adapter table: the start-up adapters, which are fixed for
-the server's life and which every process checks against the engine workers' tables before serving.
-Run-time adapter loading (--adapter-dir) is refused with more than one API process
-(server/settings.py): an admin change made through one process would leave the others' registries and
-in-flight counts behind, and a slot freed by one process could still be named by a request another
-process had admitted (docs/distributed.md).
+Every API process validates and pins against the engine's adapter table. With --adapter-dir an admin
+change made through one process is committed in the engine (a generation, compare-and-swap) and announced
+in shared memory created here before the processes are spawned (server/adapter_ledger.py: the generation,
+server-wide in-flight counts per slot, the admit and change locks); the other processes re-read the
+engine's table before they admit their next request (server/admin.py AdapterSlots.sync).
 """
 
 import argparse
@@ -23,6 +22,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from server.adapter_ledger import AdapterLedger
 from server.settings import ServeSettings
 
 
@@ -62,6 +62,8 @@ def run_api_servers(args: argparse.Namespace, settings: ServeSettings, target: C
     vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
     listeners = bind_engine_zmq_listeners(vllm_config, count)
     args.fairsteer_settings = settings  # travels to each child with the arguments (pickled by spawn)
+    capacity = settings.admin.slot_capacity if settings.admin else len(settings.registry.adapters)
+    args.fairsteer_ledger = AdapterLedger(capacity)  # shared memory: generation, in-flight counts, locks
     with launch_core_engines(vllm_config, Executor.get_class(vllm_config), not engine_args.disable_log_stats,
                              listeners.addresses) as launch:
         api_servers = APIServerProcessManager(

@@ -120,7 +120,7 @@ async def serve(args: argparse.Namespace, settings: ServeSettings, listening: tu
     async with build_async_engine_client(args, client_config=client_config or None) as engine_client:
         supported_tasks = await engine_client.get_supported_tasks()
         app = build_app(args, supported_tasks, engine_client.model_config)
-        await install(app, engine_client, settings)
+        await install(app, engine_client, settings, getattr(args, "fairsteer_ledger", None))
         await init_app_state(engine_client, app.state, args, supported_tasks)
         _announce(settings.registry, listen_address)
         shutdown_task = await serve_http(
@@ -137,8 +137,10 @@ async def serve(args: argparse.Namespace, settings: ServeSettings, listening: tu
         sock.close()
 
 
-async def install(app, engine_client, settings: ServeSettings) -> None:
-    """fairsteer's routes and the middleware stack on vLLM's app (after build_app, before serving)."""
+async def install(app, engine_client, settings: ServeSettings, ledger=None) -> None:
+    """fairsteer's routes and the middleware stack on vLLM's app (after build_app, before serving).
+
+    `ledger`: the server/adapter_ledger.py state shared by several API processes (None: one process)."""
     from fastapi.responses import JSONResponse
     from starlette.middleware import Middleware
 
@@ -149,19 +151,19 @@ async def install(app, engine_client, settings: ServeSettings) -> None:
     from server.security import SecurityMiddleware
     from server.steering_api import SteeringMiddleware
 
-    app.state.fairsteer_registry = settings.registry
-
     def get_registry():
         return app.state.fairsteer_registry
 
     capacity = settings.admin.slot_capacity if settings.admin else len(settings.registry.adapters)
-    slots = AdapterSlots(engine_client, settings.registry, capacity)
+    slots = AdapterSlots(engine_client, settings.registry, capacity, ledger, holder=app.state)
     if settings.steered_engine:
+        await slots.sync()  # another API process may already have changed the start-up set
         await slots.check_engine(steered_sites(settings))
     drain = Drain()
     engine_client.shutdown = drain.wrap_shutdown(engine_client.shutdown)
 
     async def list_steerings() -> JSONResponse:
+        await slots.sync()
         return JSONResponse(get_registry().describe())
 
     app.add_api_route("/v1/steerings", list_steerings, methods=["GET"], tags=["fairsteer"],

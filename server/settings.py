@@ -208,10 +208,6 @@ def _admin(options: ServeOptions, security: SecuritySettings, table: dict[str, s
         raise ServeConfigError(f"--max-adapters must be between 1 and 64; got {options.max_adapters}")
     if len(table) > options.max_adapters:
         raise ServeConfigError(f"{len(table)} --adapter given but --max-adapters is {options.max_adapters}")
-    if option_value(vllm_options, "--api-server-count") not in (None, "1"):
-        raise ServeConfigError("--adapter-dir keeps adapter versions in one API server process; drop "
-                               "--api-server-count or set it to 1 (run more replicas behind a load balancer "
-                               "instead)")
     data_parallel = option_value(vllm_options, "--data-parallel-size") or option_value(vllm_options, "-dp")
     if data_parallel not in (None, "1"):
         # vLLM's data-parallel client runs a collective_rpc on every engine but returns the first engine's

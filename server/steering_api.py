@@ -6,7 +6,7 @@ vLLM keeps the whole OpenAI protocol (streaming, n > 1, logprobs, tools, errors)
      /v1/chat/completions validates the steering fields (top level or in `vllm_xargs`) with
      `server.protocol.resolve`, answering a bad value with HTTP 400 in OpenAI's error shape;
   2. pins the request to the adapter version it was validated against: the rewritten body names that
-     version's engine slot, counted in flight until the response ends (`AdapterSlots.track`);
+     version's engine slot, counted in flight until the response ends (`AdapterSlots.admit`);
   3. hands vLLM the rewritten body (internal `vllm_xargs` keys for the engine plugin, a `cache_salt`
      per steering setting so prefix caching stays on and correct);
   4. annotates the answer with what was applied: `x-fairsteer-*` headers, a top-level `"fairsteer"`
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from server import group_metrics
-from server.admin import AdapterSlots
+from server.admin import AdapterSlots, AdminError
 from server.asgi import (
     BodyError,
     Message,
@@ -61,22 +61,36 @@ class SteeringMiddleware:
             return await send_error(send, 400, str(exc))
         if not isinstance(data, dict):  # not a JSON object: vLLM answers it with its own error
             return await self.app(scope, replay_body(body, receive), send)
+        try:
+            await self.slots.sync()  # another API process may have changed the adapters
+        except AdminError as exc:
+            return await send_error(send, exc.status, exc.message)
         registry = self.get_registry()
         if path not in STEERED_PATHS:
             problem = _unsteerable(path, data, registry)
             if problem:
                 return await send_error(send, 400, *problem)
             return await self.app(scope, replay_body(body, receive), send)
+        while True:
+            try:
+                applied = resolve(data, registry.policy)
+            except SteeringError as exc:
+                return await send_error(send, 400, exc.message, exc.param)
+            if self.slots.admit(applied.slot):  # no await since `resolve`: the slot is still live here
+                break
+            try:  # another API process changed the table in between: resolve against the new one
+                await self.slots.sync()
+            except AdminError as exc:
+                return await send_error(send, exc.status, exc.message)
+            registry = self.get_registry()
         try:
-            applied = resolve(data, registry.policy)
-        except SteeringError as exc:
-            return await send_error(send, 400, exc.message, exc.param)
-        new_body = json.dumps(rewrite(data, applied)).encode()
-        _safely(group_metrics.observe_request, registry.model, applied.adapter, applied.strength)
-        annotator = _Annotator(send, applied, registry.model)
-        with self.slots.track(applied.slot):  # no await since `resolve`: the slot is still live here
+            new_body = json.dumps(rewrite(data, applied)).encode()
+            _safely(group_metrics.observe_request, registry.model, applied.adapter, applied.strength)
+            annotator = _Annotator(send, applied, registry.model)
             await self.app(with_content_length(scope, len(new_body)), replay_body(new_body, receive),
                            annotator.send)
+        finally:
+            self.slots.release(applied.slot)
 
 
 def _unsteerable(path: str, data: dict[str, Any], registry: SteeringRegistry) -> tuple[str, str] | None:

@@ -48,14 +48,17 @@ class SteeringReloadExtension:
         digests = [slot_digest([(site, norm.fairsteer_a[k], norm.fairsteer_b[k]) for site, norm in norms])
                    for k in range(len(names))]
         return {"rank": getattr(self, "rank", 0), "slots": names, "sites": [site for site, _ in norms],
-                "digests": digests}
+                "digests": digests, "generation": STATE.generation, "live": STATE.live}
 
-    def fairsteer_write_slot(self, slot: int, name: str, sites: list[str], a: list, b: list) -> str:
+    def fairsteer_write_slot(self, slot: int, name: str, sites: list[str], a: list, b: list,
+                             generation: int | None = None) -> str:
         """Put one adapter's (S, D) tables into adapter index `slot` (>= 1) under the versioned `name`.
 
         `a`, `b` are nested lists (S x D floats): what vLLM's RPC encoding carries faithfully.
         Sites the adapter does not steer get zeros. An empty `name` frees the slot. Returns `name`.
+        `generation`: the table generation the writer decided on; refused if another change came since.
         """
+        _check_generation(generation)
         a, b = torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32)  # (S, D)
         names = list(STATE.adapter_names)
         if not 1 <= slot <= len(names):
@@ -75,3 +78,16 @@ class SteeringReloadExtension:
         STATE.adapter_names = tuple(names)
         return name
 
+
+    def fairsteer_commit(self, generation: int, live: dict) -> int:
+        """Make `live` ({"default_adapter": NAME | None, "adapters": {NAME: record}}, server/admin.py) the
+        served set, compare-and-swap: only if the table is still at `generation`. Returns the new one."""
+        _check_generation(generation)
+        STATE.live, STATE.generation = live, generation + 1
+        return STATE.generation
+
+
+def _check_generation(generation: int | None) -> None:
+    if generation is not None and generation != STATE.generation:
+        raise ValueError(f"the adapter table moved to generation {STATE.generation} while a change was made "
+                         f"against generation {generation}; retry it")

@@ -24,6 +24,10 @@ class SteeringState:
         self.any_steered = False      # some row of the current batch has strength > 0 (host-side flag)
         self.num_reqs = 0
         self.plan: RowPlan | None = None  # this step's CPU row plan, or None (CUDA, or nothing steered)
+        # The served adapter set as the API processes last committed it (server/vllm_plugin/reload.py):
+        # None with generation 0 is the start-up set, which every API process has from its settings.
+        self.generation = 0
+        self.live: dict | None = None
 
     def allocate(self, max_num_seqs: int, max_num_tokens: int, device: torch.device) -> None:
         """Idempotent for one engine: the model and the logits processor both call it with its config."""

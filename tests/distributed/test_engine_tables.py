@@ -4,20 +4,24 @@ Each fake worker keeps (K, D) rows at its own sites, as a tensor-parallel rank (
 stage (its layers' sites) does, and answers `fairsteer_slot_table` / `fairsteer_write_slot` like
 server/vllm_plugin/reload.py. A worker that drops or garbles a write must make the write an error, and
 the slot must end up free and unnamed: never a table that steers in one worker and not in another.
+Two front ends sharing one ledger (server/adapter_ledger.py) stand for two API processes.
 """
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 import torch
 
+from adapters import io
 from adapters.sites import all_sites
 from adapters.spec import ModelIdentity, random_spec
+from server.adapter_ledger import AdapterLedger
 from server.admin import AdapterSlots, AdminError
-from server.engine_boundary import FREE_SLOT
+from server.engine_boundary import FREE_SLOT, slot_name
 from server.engine_tables import expected_digest, slot_problems, table_problems
 from server.errors import ServeConfigError
-from server.registry import SteeringRegistry
+from server.registry import LoadedAdapter, SteeringRegistry
 from server.vllm_plugin.digest import slot_digest
 
 IDENTITY = ModelIdentity("LlamaForCausalLM", hidden_size=16, num_layers=4, fingerprint="f" * 12)
@@ -29,14 +33,24 @@ class FakeWorker:
     def __init__(self, rank: int, sites: tuple[str, ...], fault: str | None = None):
         self.rank, self.sites, self.fault = rank, sites, fault
         self.names = [FREE_SLOT] * CAPACITY
+        self.generation, self.live = 0, None
         self.a = {s: torch.zeros(CAPACITY, IDENTITY.hidden_size) for s in sites}
         self.b = {s: torch.zeros(CAPACITY, IDENTITY.hidden_size) for s in sites}
 
     def fairsteer_slot_table(self) -> dict:
         digests = [slot_digest([(s, self.a[s][k], self.b[s][k]) for s in self.sites]) for k in range(CAPACITY)]
-        return {"rank": self.rank, "slots": list(self.names), "sites": list(self.sites), "digests": digests}
+        return {"rank": self.rank, "slots": list(self.names), "sites": list(self.sites), "digests": digests,
+                "generation": self.generation, "live": self.live}
 
-    def fairsteer_write_slot(self, slot, name, sites, a, b) -> str:
+    def fairsteer_commit(self, generation, live) -> int:  # as server/vllm_plugin/reload.py
+        if generation != self.generation:
+            raise ValueError(f"moved to generation {self.generation}")
+        self.generation, self.live = generation + 1, live
+        return self.generation
+
+    def fairsteer_write_slot(self, slot, name, sites, a, b, generation=None) -> str:
+        if generation is not None and generation != self.generation:
+            raise ValueError(f"moved to generation {self.generation}")
         if self.fault == "drops writes":
             return name
         a, b = torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32)
@@ -126,3 +140,45 @@ def test_the_expected_digest_is_the_workers_digest_of_the_same_rows():
     assert expected_digest(s, list(s.sites), 16) == slot_digest(rows)
     zeros = torch.zeros(16)
     assert expected_digest(None, ["final_norm"], 16) == slot_digest([("final_norm", zeros, zeros)])
+
+
+def loaded(name: str, seed: int, folder) -> tuple[LoadedAdapter, object]:
+    s = spec(seed)
+    path = io.save(s, folder / f"{name}-{seed}.safetensors")
+    return LoadedAdapter(name, str(path), s.version, s.sites, s.num_parameters, s.meta), s
+
+
+def test_two_api_processes_pin_and_change_against_the_engines_table(tmp_path):
+    """Two AdapterSlots sharing one ledger and one engine: what `--api-server-count 2` runs in two processes."""
+    engine, ledger = tensor_parallel(), AdapterLedger(CAPACITY)
+    first, second = (AdapterSlots(engine, slots_for(engine).holder.fairsteer_registry, CAPACITY, ledger)
+                     for _ in range(2))
+
+    async def change(slots, name, seed):  # AdapterAdmin.load, without HTTP
+        async with slots.changing():
+            adapter, s = loaded(name, seed, tmp_path)
+            registry = slots.holder.fairsteer_registry
+            live = {a.slot for a in registry.adapters.values()}
+            await slots.write(slots.free_slot(live), adapter.slot, s)
+            adapters = {**registry.adapters, name: adapter}
+            await slots.commit(replace(registry, adapters=adapters, default_adapter=registry.default_adapter or name))
+            return adapter.slot
+
+    v1 = asyncio.run(change(first, "fair", 1))
+    assert not second.admit(None), "a process with an older copy of the table must not admit"
+    asyncio.run(second.sync())
+    assert second.names == first.names and second.holder.fairsteer_registry.policy == first.holder.fairsteer_registry.policy
+    assert second.admit(v1)  # a request pinned to fair v1 through the second process
+    v2 = asyncio.run(change(first, "fair", 2))  # replace through the first
+    assert engine.workers[0].names == [v1, v2, FREE_SLOT], "the old version drains in its slot"
+    asyncio.run(second.sync())
+    assert second.holder.fairsteer_registry.adapters["fair"].version == spec(2).version
+    asyncio.run(change(first, "other", 3))
+    with pytest.raises(AdminError, match="still serving"):  # slot 1 is counted by the second process
+        asyncio.run(change(first, "third", 4))
+    second.release(v1)
+    asyncio.run(change(first, "third", 4))
+    assert engine.workers[1].names[0] == slot_name("third", spec(4).version), "freed once nothing was in flight"
+    stale = AdapterSlots(engine, slots_for(engine).holder.fairsteer_registry, CAPACITY, AdapterLedger(CAPACITY))
+    with pytest.raises(ValueError, match="moved to generation"):  # the engine refuses a stale writer
+        asyncio.run(stale.write(1, "x@1", spec(5)))

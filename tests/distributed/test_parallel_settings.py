@@ -29,7 +29,6 @@ def test_gpu_options_are_left_to_vllm():
 
 
 @pytest.mark.parametrize("options, words", [
-    (["--api-server-count", "2"], "one API server process"),       # admin state lives in one process
     (["--data-parallel-size", "2"], "data-parallel client"),       # writes could not be checked everywhere
     (["-dp=2"], "data-parallel client"),
 ])
@@ -45,3 +44,13 @@ def test_run_time_adapters_refuse_what_they_cannot_keep_consistent(tmp_path, opt
         _admin(serve, security, {}, options)
     assert _admin(serve, security, {}, ["--tensor-parallel-size", "2", "--pipeline-parallel-size", "2"])
     assert _admin(ServeOptions(), security, {}, options) is None, "without --adapter-dir nothing is refused"
+
+
+def test_run_time_adapters_are_accepted_with_several_api_processes(tmp_path):
+    from server.security import DEFAULT_MAX_REQUEST_BYTES, SecuritySettings
+    from server.settings import ServeOptions, _admin
+
+    admin_key = "admin-key-0123456789"
+    security = SecuritySettings.from_options(None, admin_key, DEFAULT_MAX_REQUEST_BYTES)
+    serve = ServeOptions(adapter_dirs=(str(tmp_path),), admin_key=admin_key)
+    assert _admin(serve, security, {}, ["--api-server-count", "2"]).adapter_dirs == (tmp_path.resolve(),)

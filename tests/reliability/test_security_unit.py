@@ -198,8 +198,6 @@ def _configure(options: ServeOptions, vllm_options: list[str]) -> None:
     ({"adapter_dirs": ["."]}, ["--enforce-eager"], "needs an admin key"),
     ({"adapter_dirs": ["/no/such/dir"], "admin_key": ADMIN_KEY}, ["--enforce-eager"], "not a directory"),
     ({"adapter_dirs": ["."], "admin_key": ADMIN_KEY, "max_adapters": 0}, ["--enforce-eager"], "between 1 and 64"),
-    ({"adapter_dirs": ["."], "admin_key": ADMIN_KEY}, ["--api-server-count", "2"], "one API server process"),
-    ({"adapter_dirs": ["."], "admin_key": ADMIN_KEY}, ["--api-server-count=4"], "one API server process"),
     ({"drain_timeout": -1}, [], "--drain-timeout"),
     ({"api_key": "short"}, [], "at least 8"),
 ])
