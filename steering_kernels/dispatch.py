@@ -164,10 +164,17 @@ def _steer_cpu(h, a, b, strength, index, may_return_input=False, plan: RowPlan |
 
 def _steer_rows(h, a, b, strength, adapter):
     """Steer every row of h with one adapter row (int) or a per-row adapter row ((T,) long); none skipped."""
-    rows_a, rows_b = a[adapter], b[adapter]                   # (D,) broadcast for an int, else (T, D) gather
     h32 = h.to(_math_dtype(h))
-    out = torch.mul(rows_a, h32)                                          # same op order as steer_ref
-    out.add_(rows_b).mul_(strength.to(h32.dtype)).add_(h32)
+    if isinstance(adapter, int):                                          # one row, broadcast: no gather
+        out = torch.mul(a[adapter], h32)
+        out.add_(b[adapter])
+    else:
+        # index_select, not a[adapter]: advanced indexing costs about 2x more per call on CPU (bench/README.md).
+        # The gathered rows are a fresh buffer, so the product is written into it instead of a new one.
+        rows_a = torch.index_select(a, 0, adapter)                        # (T, D)
+        out = rows_a.mul_(h32) if rows_a.dtype == h32.dtype else rows_a * h32
+        out.add_(torch.index_select(b, 0, adapter))
+    out.mul_(strength.to(h32.dtype)).add_(h32)                            # same op order as steer_ref
     return out.to(h.dtype)
 
 
