@@ -3,6 +3,8 @@
 The recipe and the cache are `adapters.model_store`'s; this module turns flags into its arguments.
 """
 
+import sys
+
 from adapters.model_store import MODELS
 from cli.main import UsageError
 
@@ -18,10 +20,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from adapters.model_store import pull
+    from adapters.model_store import pull, terms_path
 
     if args.name not in MODELS:
         raise UsageError(f"unknown model {args.name!r}; known: {', '.join(MODELS)}. For any other model, "
                          "pass its local Hugging Face folder to --model directly")
-    print(pull(args.name, args.cache_dir))
+    folder = pull(args.name, args.cache_dir)
+    terms = terms_path(args.name, folder)
+    if terms is not None:  # stderr: stdout stays the folder alone, for scripts
+        print(f"terms of use: {terms} (the model and anything derived from it, such as an adapter trained "
+              "on it, come under these terms)", file=sys.stderr)
+    print(folder)
     return 0
