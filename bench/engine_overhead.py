@@ -1,6 +1,7 @@
 """Engine-level overhead of steering: plain vLLM vs the steered model, in one process, rounds alternating.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/engine_overhead.py [--model PATH] [--rounds 5] [--compile]
+        [--prompts 32 | --prompts 1,8,32,128] [--sites N] [--json OUT]
 
 Without --model a tiny random Llama is built in a temporary folder (the worst case for relative overhead:
 its matmuls are tiny). Two random adapters at every site are constructed for the model. Each round runs the
@@ -8,9 +9,14 @@ same greedy batch (ignore_eos, fixed length) three ways: plain vLLM, steered wit
 steered with mixed strengths {0, 0.25, 0.5, 1} over both adapters; it prints tokens/s, the median and the
 best round (on a shared machine the best round is the least disturbed one), and their ratios to plain.
 Prefix caching is on; every request has a unique cache_salt per round, so no round reuses another's KV.
+All prompts are submitted at once, so --prompts is the number of concurrent sequences; a list runs each
+batch size in turn, all arms alternating within it. Each round also checks that the all-0 arm produced
+plain vLLM's tokens (strength 0 must be bit-identical). --json writes the rounds for bench/plot_overhead.py.
 """
 
 import argparse
+import json
+import os
 import shutil
 import statistics
 import sys
@@ -21,18 +27,21 @@ from pathlib import Path
 from transformers import AutoConfig
 
 from adapters import io
-from adapters.spec import ModelIdentity, random_spec
+from adapters.spec import ModelIdentity, SteeringSpec, random_spec
 
 PROMPT = "The doctor called the nurse because she was late. Who does the pronoun refer to? Answer:"
 
 
-def random_adapter(model: str, name: str, seed: int, out: Path) -> str:
+def random_adapter(model: str, name: str, seed: int, out: Path, num_sites: int | None = None) -> str:
     identity = ModelIdentity.from_config(AutoConfig.from_pretrained(model))
     spec = random_spec(identity, name, seed, scale_a=0.05, scale_b=0.05, base_model=model)
+    if num_sites is not None:  # the first num_sites sites only (the cost curve over steered sites)
+        spec = SteeringSpec(spec.sites[:num_sites], spec.a[:num_sites], spec.b[:num_sites], spec.meta)
     return str(io.save(spec, out / f"{name}.safetensors"))
 
 
-def run_round(llm, n_prompts: int, n_tokens: int, steering: list[dict | None], tag: str) -> float:
+def run_round(llm, n_prompts: int, n_tokens: int, steering: list[dict | None], tag: str):
+    """(tokens/s, the token ids of every completion) of one batch."""
     from vllm import SamplingParams
 
     prompts = [{"prompt": f"{i}: {PROMPT}", "cache_salt": f"{tag}-{i}"} for i in range(n_prompts)]
@@ -41,17 +50,53 @@ def run_round(llm, n_prompts: int, n_tokens: int, steering: list[dict | None], t
     start = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
     elapsed = time.perf_counter() - start
-    return sum(len(o.outputs[0].token_ids) for o in outs) / elapsed
+    tokens = [list(o.outputs[0].token_ids) for o in outs]
+    return sum(map(len, tokens)) / elapsed, tokens
+
+
+def arms(plain, steered, n_prompts: int) -> dict:
+    mixed = [{"fairsteer_adapter": ("one", "two")[i % 2], "fairsteer_strength": (0, 0.25, 0.5, 1.0)[i % 4]}
+             for i in range(n_prompts)]
+    zero = [{"fairsteer_adapter": "one", "fairsteer_strength": 0.0}] * n_prompts
+    return {"plain": (plain, [None] * n_prompts), "steered, all 0": (steered, zero),
+            "steered, mixed": (steered, mixed)}
+
+
+def measure(plain, steered, n_prompts: int, args) -> dict[str, list[float]]:
+    """Rates per arm over alternating rounds; raises if the all-0 arm ever differs from plain vLLM."""
+    ways = arms(plain, steered, n_prompts)
+    for llm, steering in ways.values():  # warm-up
+        run_round(llm, n_prompts, 4, steering, f"warm-{n_prompts}")
+    rates: dict[str, list[float]] = {way: [] for way in ways}
+    for r in range(args.rounds):
+        tokens = {}
+        for way, (llm, steering) in ways.items():
+            rate, tokens[way] = run_round(llm, n_prompts, args.tokens, steering, f"{way}-{n_prompts}-{r}")
+            rates[way].append(rate)
+        if tokens["steered, all 0"] != tokens["plain"]:
+            raise SystemExit(f"strength 0 differs from plain vLLM ({n_prompts} prompts, round {r})")
+    return rates
+
+
+def report(rates: dict[str, list[float]]) -> None:
+    base, base_best = statistics.median(rates["plain"]), max(rates["plain"])
+    for way, values in rates.items():
+        med, best = statistics.median(values), max(values)
+        print(f"{way:16s} median {med:8.1f} tok/s (ratio {med / base:.3f})  best {best:8.1f} tok/s "
+              f"(ratio {best / base_best:.3f})  rounds: {', '.join(f'{v:.0f}' for v in values)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model folder (default: a tiny random Llama)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--prompts", default="32", help="concurrent sequences: N, or a list N1,N2,...")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--compile", action="store_true", help="torch.compile (default: enforce_eager)")
+    parser.add_argument("--sites", type=int, help="steer only the first N sites (default: all)")
+    parser.add_argument("--json", help="write the settings and every round's rates to this file")
     args = parser.parse_args(argv)
+    batch_sizes = [int(n) for n in args.prompts.split(",")]
 
     from vllm import LLM
 
@@ -64,31 +109,24 @@ def main(argv: list[str] | None = None) -> None:
         from tiny_models import save_tiny_model
 
         model = str(save_tiny_model(tmp / "tiny-llama"))
-    adapters = {name: random_adapter(model, name, seed, tmp) for seed, name in enumerate(("one", "two"))}
+    adapters = {name: random_adapter(model, name, seed, tmp, args.sites) for seed, name in enumerate(("one", "two"))}
     engine = {"enforce_eager": not args.compile, "distributed_executor_backend": "uni", "dtype": "float32",
               "kv_cache_memory_bytes": 256 << 20, "max_model_len": 512, "seed": 0}
     plain = LLM(model=model, **engine)
     steered = LLM(model=model, **engine, **offline_engine_kwargs(model, adapters))
-
-    mixed = [{"fairsteer_adapter": ("one", "two")[i % 2], "fairsteer_strength": (0, 0.25, 0.5, 1.0)[i % 4]}
-             for i in range(args.prompts)]
-    zero = [{"fairsteer_adapter": "one", "fairsteer_strength": 0.0}] * args.prompts
-    ways = {"plain": (plain, [None] * args.prompts), "steered, all 0": (steered, zero),
-            "steered, mixed": (steered, mixed)}
-    for llm, steering in ways.values():  # warm-up
-        run_round(llm, args.prompts, 4, steering, "warm")
-    rates: dict[str, list[float]] = {way: [] for way in ways}
-    for r in range(args.rounds):
-        for way, (llm, steering) in ways.items():
-            rates[way].append(run_round(llm, args.prompts, args.tokens, steering, f"{way}-{r}"))
+    results = []
+    for n_prompts in batch_sizes:
+        rates = measure(plain, steered, n_prompts, args)
+        print(f"model={model} prompts={n_prompts} tokens={args.tokens} rounds={args.rounds} "
+              f"mode={'compile' if args.compile else 'eager'} sites={args.sites or 'all'}; "
+              f"all-0 tokens equal plain in every round", flush=True)
+        report(rates)
+        results.append({"prompts": n_prompts, "rates": rates})
     shutil.rmtree(tmp, ignore_errors=True)
-    base, base_best = statistics.median(rates["plain"]), max(rates["plain"])
-    print(f"model={model} prompts={args.prompts} tokens={args.tokens} rounds={args.rounds} "
-          f"mode={'compile' if args.compile else 'eager'}")
-    for way, values in rates.items():
-        med, best = statistics.median(values), max(values)
-        print(f"{way:16s} median {med:8.1f} tok/s (ratio {med / base:.3f})  best {best:8.1f} tok/s "
-              f"(ratio {best / base_best:.3f})  rounds: {', '.join(f'{v:.0f}' for v in values)}")
+    if args.json:
+        settings = {"model": model, "tokens": args.tokens, "rounds": args.rounds, "sites": args.sites or "all",
+                    "mode": "compile" if args.compile else "eager", "load": os.getloadavg()}
+        Path(args.json).write_text(json.dumps({"settings": settings, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

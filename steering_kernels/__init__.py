@@ -12,9 +12,11 @@ from steering_kernels.dispatch import (
            plan_rows,
            rms_norm_steer,
            steer,
+           unsteered_plan,
            use_backend,
 )
 from steering_kernels.reference import rms_norm_ref, rms_norm_steer_ref, steer_ref
 
 __all__ = ["BACKEND", "HAS_TRITON", "RowPlan", "plan_rows", "rms_norm_ref", "rms_norm_steer", "rms_norm_steer_ref",
-           "steer", "steer_ref", "use_backend"]
+           "steer", "steer_ref", "unsteered_plan",
+           "use_backend"]

@@ -142,6 +142,14 @@ def plan_rows(strength: torch.Tensor, index: torch.Tensor | None) -> RowPlan:
     return RowPlan(T, steered, untouched, adapter, computed.unsqueeze(-1), n, hi)
 
 
+def unsteered_plan(num_tokens: int) -> RowPlan:
+    """The plan of a step that steers no token (what `plan_rows` gives for all-zero strengths), made for free."""
+    return RowPlan(num_tokens, None, None, 0, _NO_ROWS, 0, 0)
+
+
+_NO_ROWS = torch.empty(0, 1)
+
+
 def _steer_cpu(h, a, b, strength, index, may_return_input=False, plan: RowPlan | None = None):
     """The reference's arithmetic, op for op, with the work cut down; see the module docstring."""
     plan = plan or plan_rows(strength, index)

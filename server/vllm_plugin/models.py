@@ -13,17 +13,26 @@ parallelism each stage builds and steers only the sites of its own layers (`loca
 `PPMissingLayer` placeholders); a later stage has no token ids, but its runner's logits processor sees the
 same batch updates, so `prepare_step` gives its tokens the same strengths (docs/distributed.md).
 
-A steered norm returns `fairsteer.steer(norm(x))`: vLLM's own norm first, so strength 0 is bit-identical
-to plain vLLM. On CUDA, plain RMSNorm sites fed by a residual use the fused `fairsteer.rms_norm_steer`
-instead; FAIRSTEER_FUSED_NORM=0 turns that off, =1 forces it on CPU too (there it is the torch path of
-`steering_kernels`, whose RMSNorm need not match vLLM's CPU kernel bit for bit).
+How a steered norm runs (`site_op`, chosen once per site; bench/README.md has the measurements):
+  "separate"  `fairsteer.steer(norm(x))`: vLLM's own norm, then the opaque steering op.
+  "fused"     plain RMSNorm sites fed by a residual: the opaque `fairsteer.rms_norm_steer` does (add +) RMSNorm + steering in one
+              call. The default on CUDA (the Triton kernel) and on CPU in eager mode with fp32 weights: there
+              vLLM's RMSNorm is its "native" torch code (vllm.ir.ops), which `steering_kernels`' CPU norm
+              repeats op for op (same bits, tested against vLLM's module), minus vLLM's per-call IR dispatch.
+  "inline"    CPU under torch.compile: `steer_ref`'s tensor ops in the traced graph, reading the per-token
+              buffers; Inductor fuses them into the norm's own loop (no fp contraction, so the reference's
+              bits), where an opaque op would cost a call and several passes per site.
+Strength 0 is bit-identical to plain vLLM in every mode. FAIRSTEER_FUSED_NORM=1 forces "fused" on plain RMSNorm
+sites, =0 forbids it ("separate" or, on CPU under torch.compile, "inline"); unset picks as above.
 """
 
 import json
 import os
+from typing import Literal
 
 import torch
 from torch import nn
+from vllm.config import CompilationMode
 from vllm.forward_context import get_forward_context, is_forward_context_available
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.models.gemma3 import Gemma3ForCausalLM
@@ -46,40 +55,60 @@ from server.engine_boundary import (
 )
 from server.vllm_plugin.processor import PROCESSOR_FQCN
 from server.vllm_plugin.state import STATE
+from steering_kernels import steer_ref
+
+SiteOp = Literal["separate", "fused", "inline"]
 
 
 class _SteeredNorm:
     """Placed before a vLLM norm class in the MRO; `fairsteer_a`/`fairsteer_b` are (K, D) fp32 buffers."""
 
-    fairsteer_fused = False
+    fairsteer_site_op: SiteOp = "separate"
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         a, b = self.fairsteer_a, self.fairsteer_b
-        if residual is None:
-            return torch.ops.fairsteer.steer(super().forward(x), a, b)
-        if self.fairsteer_fused:
+        if self.fairsteer_site_op == "fused" and residual is not None:
             return torch.ops.fairsteer.rms_norm_steer(x, residual, self.weight, self.variance_epsilon, a, b)
+        steer = _steer_inline if self.fairsteer_site_op == "inline" else torch.ops.fairsteer.steer
+        if residual is None:
+            return steer(super().forward(x), a, b)
         h, residual = super().forward(x, residual)
-        return torch.ops.fairsteer.steer(h, a, b), residual
+        return steer(h, a, b), residual
+
+
+def _steer_inline(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # Traced by torch.compile: the buffers are graph inputs read in place at every step, never constants.
+    num_tokens = h.shape[0]
+    return steer_ref(h, a, b, STATE.strength[:num_tokens], STATE.index[:num_tokens])
 
 
 _STEERED_CLASSES: dict[type, type] = {}
 
 
-def _steer_module(norm: nn.Module, a: torch.Tensor, b: torch.Tensor) -> None:
+def _steer_module(norm: nn.Module, a: torch.Tensor, b: torch.Tensor, compiled: bool) -> None:
     cls = type(norm)
     if cls not in _STEERED_CLASSES:
         _STEERED_CLASSES[cls] = type(f"Steered{cls.__name__}", (_SteeredNorm, cls), {})
+    op = site_op(norm, a.device, compiled)
     norm.__class__ = _STEERED_CLASSES[cls]
     # Not persistent: the checkpoint has no such tensors and the weight loader must not expect them.
     norm.register_buffer("fairsteer_a", a, persistent=False)
     norm.register_buffer("fairsteer_b", b, persistent=False)
-    plain_rms = cls is RMSNorm and norm.has_weight and norm.variance_size_override is None
+    norm.fairsteer_site_op = op
+
+
+def site_op(norm: nn.Module, device: torch.device, compiled: bool) -> SiteOp:
+    """How the vLLM norm `norm` will run once steered (module docstring); fused only where a residual comes in."""
     choice = os.environ.get("FAIRSTEER_FUSED_NORM", "")
     if choice not in ("", "0", "1"):
         raise ValueError(f"FAIRSTEER_FUSED_NORM={choice!r}: use 1 (fused norm+steer), 0 (separate) or unset")
-    wanted = choice == "1" or (choice == "" and a.device.type == "cuda")
-    norm.fairsteer_fused = plain_rms and wanted
+    plain_rms = type(norm) is RMSNorm and norm.has_weight and norm.variance_size_override is None
+    on_cpu = device.type == "cpu"
+    # On CPU the fused op is exact to vLLM's native norm only where no dtype cast can round (fp32).
+    fused_by_default = not on_cpu or (not compiled and norm.weight.dtype == torch.float32)
+    if plain_rms and (choice == "1" or (choice == "" and fused_by_default)):
+        return "fused"
+    return "inline" if on_cpu and compiled else "separate"
 
 
 def adapter_table(hf_config) -> list[tuple[str, str, str]]:
@@ -112,6 +141,7 @@ def install_steering(model: nn.Module, vllm_config) -> None:
     STATE.allocate(scheduler.max_num_seqs, scheduler.max_num_batched_tokens, device)
     STATE.adapter_names = tuple(name for name, _, _ in table)
 
+    compiled = vllm_config.compilation_config.mode != CompilationMode.NONE
     capacity = getattr(hf_config, CAPACITY_KEY, 0)
     if capacity:  # run-time loading: every site, all rows now, so later loads only write in place
         sites = list(all_sites(identity.num_layers))
@@ -131,7 +161,7 @@ def install_steering(model: nn.Module, vllm_config) -> None:
                 b[k] = spec.b[spec.site_index(site)]
         if not hasattr(norm, "variance_epsilon"):
             raise AdapterFormatError(f"site {site!r} of {base_arch} is a {type(norm).__name__}, not a norm")
-        _steer_module(norm, a, b)
+        _steer_module(norm, a, b, compiled)
         local.append(site)
     model.fairsteer_sites = tuple(local)  # the sites this process steers (its pipeline stage's)
 

@@ -15,7 +15,7 @@ One worker process serves one model, so the state is a module-level singleton.
 
 import torch
 
-from steering_kernels import RowPlan, plan_rows
+from steering_kernels import RowPlan, plan_rows, unsteered_plan
 
 
 class SteeringState:
@@ -23,7 +23,7 @@ class SteeringState:
         self.ready = False
         self.any_steered = False      # some row of the current batch has strength > 0 (host-side flag)
         self.num_reqs = 0
-        self.plan: RowPlan | None = None  # this step's CPU row plan, or None (CUDA, or nothing steered)
+        self.plan: RowPlan | None = None  # this step's CPU row plan (every step on CPU), or None on CUDA
         # The served adapter set as the API processes last committed it (server/vllm_plugin/reload.py):
         # None with generation 0 is the start-up set, which every API process has from its settings.
         self.generation = 0
@@ -96,6 +96,8 @@ class SteeringState:
         if query_start_loc is None or skip:
             self.strength[:num_tokens].zero_()
             self.index[:num_tokens].zero_()
+            if self.device.type == "cpu":  # the fused norm op still runs: it needs to know nothing is steered
+                self.plan = unsteered_plan(num_tokens)
             return
         ends = query_start_loc[1:].to(device=self.device, dtype=torch.int64)   # (R,)
         # Token t belongs to the first row whose end exceeds t; tokens past the last end (padding) map
