@@ -5,6 +5,7 @@
     fairsteer adapter inspect FILE [--json] [--model M]            show an adapter's metadata and sites
     fairsteer train --method dso --model M --out FILE              train an adapter (dso, caa, mean-diff)
     fairsteer eval --model M --adapter FILE --out DIR              measure bias/capability per strength
+    fairsteer audit --url URL --model NAME --out DIR               audit a live server's outputs per strength
 
 Each subcommand module here exposes `register(subparsers)`, which adds its parser and sets `run`; modules
 import their heavy dependencies (torch, vLLM) inside `run`, so `--help` is fast. The lower layers raise
@@ -15,7 +16,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("cli.serve", "cli.model", "cli.adapter", "cli.train", "cli.eval")
+COMMAND_MODULES = ("cli.serve", "cli.model", "cli.adapter", "cli.train", "cli.eval", "cli.audit")
 
 
 class UsageError(Exception):
@@ -26,10 +27,11 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Every layer's "the user can fix this" exception (imported late: they pull in torch)."""
     from adapters.model_store import ModelPullError
     from adapters.spec import AdapterFormatError
+    from server.audit import AuditError
     from server.errors import ServeConfigError
     from trainer.errors import TrainerError
 
-    return UsageError, AdapterFormatError, ModelPullError, ServeConfigError, TrainerError
+    return UsageError, AdapterFormatError, ModelPullError, ServeConfigError, TrainerError, AuditError
 
 
 def build_parser() -> argparse.ArgumentParser:

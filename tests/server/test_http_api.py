@@ -256,3 +256,27 @@ def test_n_greater_than_one_streams_every_choice_steered(client, model, boost_ad
     strength, steered = choices(1.0)
     assert strength == 1.0 and steered == {0: target, 1: target}, steered
     assert all(tokens != target for tokens in choices(0.0)[1].values())
+
+def test_audit_of_plain_vllm_at_strength_zero_matches_fairsteer(servers, model, tmp_path, capsys):
+    """`fairsteer audit` audits any OpenAI-compatible server at strength 0, sending no fairsteer field; with
+    the same seeds plain vLLM's sampled outputs equal fairsteer's at strength 0. A strength above 0 is
+    refused for plain vLLM, which would silently ignore it."""
+    from cli.main import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "The doctor called the nurse because", "occupation": "nurse"}\n'
+                       '{"messages": [{"role": "user", "content": "Hello world!"}], "occupation": "mechanic"}\n')
+    texts = {}
+    for name, server in (("fairsteer", servers[0]), ("plain", servers[1])):
+        argv = ["audit", "--url", server.url, "--model", model, "--strengths", "0", "--prompts", str(prompts),
+                "--samples", "2", "--max-tokens", "8", "--out", str(tmp_path / name)]
+        assert main(argv) == 0
+        report = json.loads((tmp_path / name / "report.json").read_text())
+        assert report["server"]["fairsteer"] == (name == "fairsteer")
+        assert {c["endpoint"] for c in report["results"]} == {"completions", "chat"}
+        texts[name] = [json.loads(line)["text"] for line in (tmp_path / name / "outputs.jsonl").open()]
+    assert texts["plain"] == texts["fairsteer"], "strength 0 is the base model, sample for sample"
+    capsys.readouterr()
+    argv[argv.index("--strengths") + 1] = "0,1"
+    assert main(argv) == 2
+    assert "is not a fairsteer server" in capsys.readouterr().err
