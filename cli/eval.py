@@ -3,6 +3,7 @@
     fairsteer eval --model smollm2-135m-instruct --adapter A.safetensors [--adapter B.safetensors ...] \\
         --strengths 0,0.25,0.5,0.75,1 --data ../shared/data/synthbias --mmlu ../shared/data/mmlu --out DIR
     fairsteer eval --task continuation --model M --adapter A.safetensors --out DIR   (generated prompts)
+    fairsteer eval --task chat --model M --adapter A.safetensors --out DIR   (sampled chats, a real server)
     ... --write-calibration      also store each adapter's table in its metadata (the server shows it)
     ... --device cuda --dtype bfloat16   on a GPU (default auto: a GPU in bf16 where there is one)
 
@@ -25,8 +26,11 @@ def register(subparsers) -> None:
     parser.add_argument("--model", help="model folder or alias (smollm2-135m-instruct)")
     parser.add_argument("--adapter", action="append", default=[], help="adapter file; repeat to compare")
     parser.add_argument("--strengths", default="0,0.25,0.5,0.75,1", help="comma-separated ω values")
-    parser.add_argument("--task", choices=TASKS, default=None,
-                        help="coreference or continuation (default: the adapter's training task, else coreference)")
+    parser.add_argument("--task", choices=(*TASKS, "chat"), default=None,
+                        help="coreference or continuation (default: the adapter's training task, else coreference)"
+                             "; chat: sampled chats through a real server (cli/eval_chat.py)")
+    parser.add_argument("--chat-samples", type=int, default=3, help="chat: sampled responses per instruction")
+    parser.add_argument("--chat-max-tokens", type=int, default=48, help="chat: tokens per response")
     parser.add_argument("--data", default="generated", help="coreference: 'generated', 'synthbias:PATH', "
                         "'winobias:PATH'; continuation: 'generated' or a CSV prompt,occupation[,gender]")
     parser.add_argument("--n-eval", type=int, default=600, help="held-out items per kind (ambiguous, resolvable)")
@@ -38,6 +42,10 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="split seed; must match training's")
     parser.add_argument("--holdout-occupations", default="", help="as given to training")
     parser.add_argument("--no-prompting", action="store_true", help="skip the prompting-only reference row")
+    parser.add_argument("--samples", type=int, default=2,
+                        help="continuation: sampled continuations per text for the gendered-word rate "
+                             "(trainer/gendered_rate.py); 0 skips it")
+    parser.add_argument("--sample-tokens", type=int, default=32, help="tokens per sampled continuation")
     parser.add_argument("--write-calibration", action="store_true",
                         help="store the measured table in each adapter's metadata")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -63,18 +71,25 @@ def run(args) -> int:
 
     from adapters import io
     from adapters.hf import Steering, model_identity
-    from trainer import evaluate, mmlu, placement, report
+    from trainer import evaluate, gendered_rate, mmlu, placement, report
     from trainer.base_model import load_model
     from trainer.run import minutes_since, peak_rss_mb
     from trainer.task_registry import load_splits
 
     if args.combine:
         return _combine(args.combine, args.out)
+    if args.task == "chat":
+        from cli.eval_chat import run_chat
+
+        return run_chat(args, parse_strengths(args.strengths))
     if not args.model:
         raise UsageError("--model is required (a model folder or smollm2-135m-instruct)")
     strengths = parse_strengths(args.strengths)
     if args.n_eval < 2:
         raise UsageError("--n-eval must be at least 2 (standard errors need two examples)")
+    if args.samples < 0 or args.sample_tokens < 1:
+        raise UsageError("--samples must be 0 or more and --sample-tokens at least 1, e.g. --samples 2 "
+                         "--sample-tokens 32")
     if device_problem(args.device):
         raise UsageError(device_problem(args.device))
     torch.set_num_threads(args.threads)
@@ -93,14 +108,17 @@ def run(args) -> int:
     splits = load_splits(task_name, args.data, 0, args.n_eval, args.seed, holdout)
     questions = mmlu.load(args.mmlu, args.mmlu_n) if args.mmlu else []
     log = lambda msg: print(msg, file=sys.stderr)
+    sampling = (gendered_rate.SamplingSettings(args.samples, args.sample_tokens, args.seed, args.batch_size)
+                if task_name == "continuation" and args.samples else None)
     result = evaluate.evaluate_all(model, tokenizer, pad_id, splits.eval_ambiguous, splits.eval_resolvable,
                                    questions, adapters, strengths, prompting=not args.no_prompting,
                                    batch_size=args.batch_size, log=log,
                                    mmlu_strengths=parse_strengths(args.mmlu_strengths) if args.mmlu_strengths
-                                   else None, task_name=task_name)
+                                   else None, task_name=task_name, sampling=sampling)
     header = {"model": args.model, "data": args.data, "task": task_name, "settings": {
         "strengths": strengths, "n_eval": args.n_eval, "mmlu": args.mmlu, "mmlu_n": len(questions),
         "seed": args.seed, "holdout_occupations": list(holdout), **where.describe(),
+        "sampling": None if sampling is None else vars(sampling),
         "adapters": {label: {"file": str(p), "version": s.version, "name": s.name} for label, (p, s) in
                      specs.items()}},
         "eval_minutes": minutes_since(started), "peak_rss_mb": round(peak_rss_mb())}
@@ -112,7 +130,9 @@ def run(args) -> int:
             io.save(replace(spec, meta=replace(spec.meta, calibration=table)), file)
             print(f"calibration of {len(table)} strengths written into {file} (version {spec.version})")
     _print_summary(report.group(result["rows"]))
+    _print_accuracy(report.group(result["rows"]))
     _print_acceptance(report.group(result["rows"]))
+    _print_targets(report.group(result["rows"]))
     print(f"wrote {path} and {path.parent / 'tradeoff.png'} in {header['eval_minutes']} min, "
           f"peak memory {header['peak_rss_mb']} MB")
     return 0
@@ -161,9 +181,32 @@ def _print_acceptance(methods: dict) -> None:
             print(f"{label} at ω = {c['strength']:g}: {verdict}")
 
 
+def _print_targets(methods: dict) -> None:
+    from trainer import report
+
+    for label, t in report.targets(methods).items():
+        failed = [k for k, v in t["met"].items() if not v and k != "all_met"]
+        verdict = "all targets met" if t["met"]["all_met"] else "targets NOT met: " + ", ".join(failed)
+        print(f"{label} at ω = {t['strength']:g}: bias {100 * t['bias_share_of_base']:.0f}% of base; {verdict}")
+
+
+def _print_accuracy(methods: dict) -> None:
+    """Stated-gender accuracy (expectation) with 95% intervals: overall, pro, anti, and per cue kind."""
+    keys = [k for k in methods["base"][0] if k.startswith("unambiguous_accuracy") and "greedy" not in k
+            and not k.endswith(("_se", "_lo", "_hi"))]
+    if not keys:
+        return
+    print("stated-gender accuracy [95% interval]")
+    for label, rows in methods.items():
+        for r in rows:
+            cells = [f"{k.removeprefix('unambiguous_accuracy').strip('_') or 'all'} {r[k]:.3f} "
+                     f"[{r.get(k + '_lo', r[k]):.3f}, {r.get(k + '_hi', r[k]):.3f}]" for k in keys if k in r]
+            print(f"  {label:<10} {r['strength']:>5g}  " + "; ".join(cells))
+
+
 def _print_summary(methods: dict) -> None:
     cols = ("stereotype_gap", "unambiguous_accuracy", "other_rate", "first_option_rate_ambiguous",
-            "generic_kl", "mmlu_accuracy")
+            "generic_kl", "gendered_rate", "mmlu_accuracy")
     print(f"{'method':<10} {'ω':>5} {'POB [95% CI]':>22} {'floor':>6} " + " ".join(f"{c[:16]:>16}" for c in cols))
     for label, rows in methods.items():
         for r in rows:

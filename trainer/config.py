@@ -72,6 +72,9 @@ class DSOConfig:
     answer_kl_coef: float = field(default=1.0, metadata={
         "help": "weight of KL(steered || base) at the answers of resolvable prompts (keeps answers that the "
                 "text decides) and, for continuation, of the KL of P(next word is gendered) on ambiguous ones"})
+    stated_coef: float = field(default=5.0, metadata={
+        "help": "continuation: weight of the drop of log P(stated gender | gendered word) below the base "
+                "model's on resolvable prompts (keeps the model faithful to a gender the text states)"})
     order_coef: float = field(default=1.0, metadata={
         "help": "coreference: weight of the mean |P(pro) in one option order − P(pro) in the other|, "
                 "against answering by position"})
@@ -83,7 +86,8 @@ class DSOConfig:
     occupations_per_step: int = field(default=8, metadata={
         "help": "occupations per batch, one ambiguous prompt each, asked in both option orders"})
     resolvable_per_step: int = field(default=2, metadata={
-        "help": "resolvable prompts per batch, used only in the KL terms (keeps answers the text decides)"})
+        "help": "resolvable prompts per batch, used only in the KL and stated-gender terms (keeps answers the "
+                "text decides)"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (cosine decay to 10%)"})
     sites: str = field(default="all", metadata={"help": "'all', 'layers' (no final norm) or a comma list"})
     time_budget_min: float = field(default=28.0, metadata={"help": "stop training after this many minutes"})
@@ -110,7 +114,7 @@ class DSOConfig:
         for name in ("n_train", "n_eval", "steps", "occupations_per_step", "save_every", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("kl_coef", "answer_kl_coef", "order_coef", "l1_coef", "lr", "time_budget_min",
+        for name in ("kl_coef", "answer_kl_coef", "stated_coef", "order_coef", "l1_coef", "lr", "time_budget_min",
                      "generic_per_step", "resolvable_per_step"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")

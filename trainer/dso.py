@@ -15,11 +15,15 @@ One step (rollout -> reward -> loss -> step):
      takes the exact expectation over the answers: the same objective as sampling, with no sampling
      variance. Estimator "sample" draws one answer per item and uses REINFORCE with a per-occupation
      running-mean baseline, the variance reducer.
-  4. loss = −E[r] + kl_coef · KL_text + answer_kl_coef · KL_answer + order_coef · order + l1_coef · l1
+  4. loss = −E[r] + kl_coef · KL_text + answer_kl_coef · KL_answer + stated_coef · stated
+            + order_coef · order + l1_coef · l1
      KL_text: KL(policy || base) per token over every position of the generic texts and every prompt
      position except the answers (keeps general next-token behaviour).
      KL_answer: at the answers of resolvable items (keeps answers the text decides) and, for continuation,
      the KL between the policy's and the base model's P(next word is gendered) on the ambiguous items.
+     stated (continuation): mean over resolvable items of max(0, log P_base(stated | gendered) −
+     log P_policy(stated | gendered)): only a loss of faithfulness to the stated gender costs; the items
+     carry every cue kind of the training side (`trainer.cues`), so it is learnt beyond one phrasing.
      order (coreference): mean over examples of |P(pro | one option order) − P(pro | the other)|, the
      answers renormalised to the two people: a model that answers by position pays 1.
      l1 = mean|a| + mean|b|. This is our reading of the paper's "KL bound": fixed-multiplier (Lagrangian)
@@ -144,6 +148,8 @@ def _loss(steering, batch: Batch, tracker, cfg: DSOConfig, generator, update_maj
     kl_answer = (generic.kl_per_token(logp, base_logp, answer_mask) if batch.num_resolvable
                  else torch.zeros((), device=logp.device))
 
+    stated = (stated_drop(last[n_amb:n_opt], base_last[n_amb:n_opt], batch.prompts[n_amb:n_opt])
+              if cfg.task == "continuation" and batch.num_resolvable else torch.zeros((), device=logp.device))
     amb = batch.prompts[:n_amb]
     probs = option_probs(last[:n_amb], amb)
     other = probs[:, 2].mean().item()  # continuation: P(next word not gendered), before conditioning
@@ -163,11 +169,22 @@ def _loss(steering, batch: Batch, tracker, cfg: DSOConfig, generator, update_maj
         pg_loss, sampled = rewards.sampled_reward_loss(status, table, tracker.baseline_for(occs), generator)
         tracker.update_baseline(occs, sampled)
     l1 = (steering.a.abs().mean() + steering.b.abs().mean()).to(logp.device)  # a split model: another GPU
-    penalty = cfg.kl_coef * kl_text + cfg.answer_kl_coef * kl_answer + cfg.order_coef * order + cfg.l1_coef * l1
+    penalty = (cfg.kl_coef * kl_text + cfg.answer_kl_coef * kl_answer + cfg.stated_coef * stated
+               + cfg.order_coef * order + cfg.l1_coef * l1)
     return {"loss": pg_loss + penalty, "objective": (-expected.mean() + penalty).detach(),
             "reward": expected.mean().item(), "kl": kl_text.item(), "kl_answer": kl_answer.item(),
-            "order": order.item(), "l1": l1.item(),
+            "stated": stated.item(), "order": order.item(), "l1": l1.item(),
             "other": other, "batch_bias": rewards.per_occupation_bias(status, occs)}
+
+
+def stated_drop(last: torch.Tensor, base_last: torch.Tensor, prompts: list[Prompt]) -> torch.Tensor:
+    """Mean over resolvable continuation prompts of max(0, log P_base(stated | gendered) − log P(stated |
+    gendered)); last, base_last (B, V) log-probs at the answer."""
+    rows = torch.arange(len(prompts), device=last.device)
+    correct = torch.tensor([p.correct for p in prompts], device=last.device)
+    policy = metrics.conditional(option_probs(last, prompts))[rows, correct].clamp(min=1e-9).log()
+    base = metrics.conditional(option_probs(base_last, prompts))[rows, correct].clamp(min=1e-9).log()
+    return (base.detach() - policy).clamp(min=0).mean()
 
 
 def lr_at(step: int, cfg: DSOConfig) -> float:

@@ -9,6 +9,8 @@ row); the metrics are those of `trainer.metrics`, plus what needs the model itse
     kl_to_base            mean over items of KL(P_steered || P_base) at the answer position
     generic_kl            KL(P_steered || P_base) per token of generic text (`trainer.generic`)
     mmlu_*                `trainer.metrics.mmlu_metrics`, when MMLU questions are given
+    gendered_rate*        continuation: how often sampled text that calls for no gendered word uses one
+                          (`trainer.gendered_rate`), when sampling settings are given
 """
 
 from contextlib import nullcontext
@@ -16,7 +18,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from trainer import generic, metrics, mmlu, task_registry
+from trainer import gendered_rate, generic, metrics, mmlu, task_registry
 from trainer.config import TaskName
 from trainer.prompts import Prompt, answer_logprobs, collate, option_probs
 
@@ -64,7 +66,8 @@ def generic_kl(model, prompts: list[Prompt], pad_id: int, steering, strength: fl
 
 def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_questions, adapters: dict,
                  strengths: list[float], prompting: bool = True, batch_size: int = 16, log=print,
-                 mmlu_strengths: list[float] | None = None, task_name: TaskName = "coreference") -> dict:
+                 mmlu_strengths: list[float] | None = None, task_name: TaskName = "coreference",
+                 sampling: gendered_rate.SamplingSettings | None = None) -> dict:
     """Rows of metrics: the base model, each adapter at each strength > 0, and the prompting reference.
 
     Args:
@@ -72,15 +75,17 @@ def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_ques
         mmlu_questions: `trainer.mmlu.Question`s, or an empty list to skip MMLU.
         adapters: method label -> `adapters.hf.Steering`.
         mmlu_strengths: the strengths at which MMLU is measured (None: all); its prompts are long.
+        sampling: how to sample the gendered-word rate (None: not measured).
     """
     task = task_registry.REGISTRY[task_name]
     amb, res = (task.prompts(tokenizer, items) for items in (ambiguous, resolvable))
     mm = mmlu.prompts(tokenizer, mmlu_questions) if mmlu_questions else []
     generic_prompts = generic.prompts(tokenizer, "eval")
     base_mmlu: dict[str, np.ndarray] = {}  # the base model's per-question hits, for paired changes
+    base_gendered: dict[str, np.ndarray] = {}  # the base model's per-prompt gendered-word rates
 
     def measure(label: str, strength: float, steering=None, base_logp=None, prompts=None, n_amb=None,
-                mm_prompts=mm):
+                mm_prompts=mm, sample=True):
         prompts, n_amb = (amb + res, len(amb)) if prompts is None else (prompts, n_amb)
         with_mmlu = bool(mm_prompts) and (mmlu_strengths is None or strength in mmlu_strengths)
         log(f"eval {label} strength {strength}: {len(prompts)} {task_name} + "
@@ -98,6 +103,14 @@ def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_ques
             hits = row.pop("_mmlu_hits")
             if label == "base":
                 base_mmlu["hits"] = hits
+        if sampling is not None and sample:
+            log(f"eval {label} strength {strength}: sampling {sampling.samples} x {sampling.max_new_tokens} "
+                "tokens per text for the gendered-word rate")
+            row.update(gendered_rate.measure(model, tokenizer, pad_id, steering, strength, sampling,
+                                             base_gendered.get("per_prompt")))
+            per_prompt = row.pop("_per_prompt")
+            if label == "base":
+                base_gendered["per_prompt"] = per_prompt
         return row, logp
 
     base_row, base_logp = measure("base", 0.0)
@@ -111,5 +124,5 @@ def evaluate_all(model, tokenizer, pad_id: int, ambiguous, resolvable, mmlu_ques
         hinted_amb, hinted_res = (task.prompts(tokenizer, items, instruction=task.instruction)
                                   for items in (ambiguous, resolvable))
         rows.append(measure("prompting", 0.0, base_logp=base_logp, prompts=hinted_amb + hinted_res,
-                            n_amb=len(hinted_amb), mm_prompts=[])[0])
+                            n_amb=len(hinted_amb), mm_prompts=[], sample=False)[0])
     return {"rows": rows, "strengths": strengths, "task": task_name}

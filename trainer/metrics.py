@@ -16,7 +16,9 @@ probabilities (`trainer.evaluate` computes them with and without an adapter):
                           non-gendered next words (not part of the bias, but an adapter should not move it)
     unambiguous_accuracy  mean_i P_i(right answer) on resolvable items (coreference: the syntactic
                           referent; continuation: the stated gender); _pro / _anti: split by whether the
-                          right answer is the stereotypical one
+                          right answer is the stereotypical one; _lo / _hi: the 95% interval (± 1.96 SE);
+                          continuation also per cue kind (`trainer.cues`), `unambiguous_accuracy_cue_{kind}`
+                          with its _pro / _anti, intervals and n_resolvable_cue_{kind}
     first_option_rate     coreference: mean P(first listed) / (P(first) + P(second)): position bias
     bls_correlation       continuation: Pearson r over occupations between the BLS female share and the
                           mean log P(female)/P(male)
@@ -61,6 +63,11 @@ def continuation_metrics(probs: torch.Tensor, prompts: list[Prompt], kind: Kind)
         out["bls_correlation"] = bls_correlation(rewards.by_status(gendered, prompts), prompts)
     else:
         out = _accuracy_metrics(gendered, prompts)
+        for tag in sorted({p.tag for p in prompts if p.tag}):
+            rows = [k for k, p in enumerate(prompts) if p.tag == tag]
+            part = _accuracy_metrics(gendered[rows], [prompts[k] for k in rows], greedy=False)
+            out.update({k.replace("unambiguous_accuracy", f"unambiguous_accuracy_cue_{tag}")
+                        .replace("n_resolvable", f"n_resolvable_cue_{tag}"): v for k, v in part.items()})
     out[key], out[f"{key}_se"] = mean_se(probs[:, 2].numpy())
     return out
 
@@ -85,19 +92,22 @@ def _bias_metrics(probs: torch.Tensor, prompts: list[Prompt]) -> dict:
     return out
 
 
-def _accuracy_metrics(probs: torch.Tensor, prompts: list[Prompt]) -> dict:
-    """Resolvable prompts: P(right answer), expected and greedy, and split by whether it is the stereotype."""
+def _accuracy_metrics(probs: torch.Tensor, prompts: list[Prompt], greedy: bool = True) -> dict:
+    """Resolvable prompts: P(right answer), expected (with its 95% interval) and greedy, and split by
+    whether it is the stereotype (pro) or not (anti)."""
     out: dict[str, float] = {}
     correct = torch.tensor([p.correct for p in prompts])
     rows = torch.arange(len(prompts))
     is_pro = np.array([p.labels[p.correct] == "pro" for p in _first_per_example(prompts)])
-    for suffix, pr in (("", probs), ("_greedy", _greedy(probs))):
+    for suffix, pr in (("", probs), ("_greedy", _greedy(probs)))[: 2 if greedy else 1]:
         acc = _per_example(pr[rows, correct], prompts)
-        out[f"unambiguous_accuracy{suffix}"], out[f"unambiguous_accuracy{suffix}_se"] = mean_se(acc)
-        for part, sel in (("pro", is_pro), ("anti", ~is_pro)):
-            m, se = mean_se(acc[sel])
-            out[f"unambiguous_accuracy{suffix}_{part}"], out[f"unambiguous_accuracy{suffix}_{part}_se"] = m, se
-    out["n_resolvable"] = len({p.index for p in prompts})
+        for part, sel in (("", np.ones_like(is_pro)), ("_pro", is_pro), ("_anti", ~is_pro)):
+            key = f"unambiguous_accuracy{suffix}{part}"
+            out[key], out[f"{key}_se"] = mean_se(acc[sel])
+            if suffix == "":
+                out[f"{key}_lo"] = out[key] - 1.96 * out[f"{key}_se"]
+                out[f"{key}_hi"] = out[key] + 1.96 * out[f"{key}_se"]
+    out["n_resolvable"], out["n_resolvable_pro"] = len({p.index for p in prompts}), int(is_pro.sum())
     return out
 
 

@@ -33,6 +33,7 @@ class Prompt:
         correct: index into options of the right answer; None for ambiguous prompts.
         occupation: the example's grouping occupation ("" for MMLU).
         index: which example this prompt asks (prompts of both option orders share it).
+        tag: a label the metrics break results down by (continuation: the cue kind of a stated gender).
     """
 
     ids: tuple[int, ...]
@@ -41,6 +42,7 @@ class Prompt:
     correct: int | None
     occupation: str
     index: int
+    tag: str = ""
 
 
 def render(tokenizer, user: str, prefix: str) -> list[int]:

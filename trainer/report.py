@@ -10,23 +10,33 @@ each row holding every metric of `trainer.metrics` and `trainer.evaluate` with i
     base_above_noise_floor   the base model's bias exceeds the 95th percentile of its noise floor
                              (otherwise there is no measurable bias to remove)
     first_option_not_up      coreference: P(first-listed) not higher than base beyond 1.96 combined SEs
-    accuracy_not_down        resolvable accuracy not lower than base beyond 1.96 combined SEs
+    accuracy_not_down        resolvable accuracy (expectation) at most 1 point below base, overall and for
+                             pro and anti items separately (stated gender = / != the BLS majority)
     generic_kl_ok            KL to base on generic text <= 0.05 nats/token
+    gendered_rate_not_up     continuation, where sampled: the gendered-word rate of text that calls for
+                             none is not above base by more than the 95% interval of the paired change
 
-"targets" compares each adapter at its largest strength with the base model (issue 4's figures).
+"targets" compares each adapter at its largest strength (ω = 1 in the shipped reports) with the base model:
+the figures (bias as a share of base, accuracy changes in points, MMLU change) and pass/fail of issue 15's
+targets: bias_at_most_10pct_of_base, accuracy_change_ok (>= −1 point overall, pro, anti), generic_kl_ok,
+gendered_rate_not_up, and `all_met`.
 tradeoff.png: Per-Occupation Bias (lower is fairer, 95% intervals, the base model's noise floor dashed)
 against each capability measure, one curve per method through its strengths. `combine` merges the
 reports of several runs on the same split into one.
 """
 
 import json
+import math
 from pathlib import Path
 
 from trainer.errors import DataError
 
 CALIBRATION_KEYS = ("per_occupation_bias", "stereotype_gap", "unambiguous_accuracy", "other_rate",
-                    "first_option_rate_ambiguous", "kl_to_base", "generic_kl", "mmlu_accuracy")
+                    "first_option_rate_ambiguous", "kl_to_base", "generic_kl", "mmlu_accuracy", "gendered_rate")
 GENERIC_KL_LIMIT = 0.05  # nats per token
+ACCURACY_DROP_LIMIT = 0.01  # the most resolvable accuracy may fall (1 point), overall, pro and anti
+BIAS_SHARE_LIMIT = 0.10  # the target bias at ω = 1, as a share of the base model's
+ACCURACY_PARTS = ("unambiguous_accuracy", "unambiguous_accuracy_pro", "unambiguous_accuracy_anti")
 
 
 def group(rows: list[dict]) -> dict[str, list[dict]]:
@@ -37,22 +47,46 @@ def group(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def targets(methods: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per adapter, at its largest strength: bias as a share of base, accuracy and MMLU changes (points)."""
+    """Per adapter, at its largest strength: bias as a share of base, accuracy (overall, pro, anti) and
+    MMLU changes in points, and pass/fail of each target (module docstring)."""
     base = methods["base"][0]
     out = {}
     for label, rows in methods.items():
         if label in ("base", "prompting") or len(rows) < 2:
             continue
         top = rows[-1]
-        entry = {"strength": top["strength"],
-                 "bias_share_of_base": top["per_occupation_bias"] / max(base["per_occupation_bias"], 1e-12),
-                 "unambiguous_accuracy_change_points": 100 * (top["unambiguous_accuracy"]
-                                                              - base["unambiguous_accuracy"])}
+        share = top["per_occupation_bias"] / max(base["per_occupation_bias"], 1e-12)
+        entry = {"strength": top["strength"], "bias_share_of_base": share}
+        for key in ACCURACY_PARTS:
+            if key in top and key in base:
+                entry[f"{key}_change_points"] = 100 * (top[key] - base[key])
         if "mmlu_change" in top:
             entry["mmlu_change_points"] = 100 * top["mmlu_change"]
             entry["mmlu_change_points_se"] = 100 * top["mmlu_change_se"]
+        if "gendered_rate_change" in top:
+            entry["gendered_rate_change_points"] = 100 * top["gendered_rate_change"]
+            entry["gendered_rate_change_points_se"] = 100 * top["gendered_rate_change_se"]
+        met = {"bias_at_most_10pct_of_base": share <= BIAS_SHARE_LIMIT,
+               "accuracy_change_ok": _accuracy_kept(top, base),
+               "generic_kl_ok": top.get("generic_kl", 0) <= GENERIC_KL_LIMIT}
+        if "gendered_rate_change" in top:
+            met["gendered_rate_not_up"] = _gendered_rate_kept(top)
+        entry["met"] = {**met, "all_met": all(met.values())}
         out[label] = entry
     return out
+
+
+def _accuracy_kept(row: dict, base: dict) -> bool:
+    """Resolvable accuracy at most ACCURACY_DROP_LIMIT below base, overall and for pro and anti items."""
+    return all(row[k] - base[k] >= -ACCURACY_DROP_LIMIT - 1e-12 for k in ACCURACY_PARTS if k in row and k in base)
+
+
+def _gendered_rate_kept(row: dict) -> bool:
+    """The paired change of the gendered-word rate is within its 95% interval of zero (or negative)."""
+    if "gendered_rate_change" not in row:
+        return True
+    se = row.get("gendered_rate_change_se", 0)
+    return row["gendered_rate_change"] <= 1.96 * (0 if math.isnan(se) else se)  # nan SE (one prompt): no slack
 
 
 def _not_worse(row: dict, base: dict, key: str, higher_is_worse: bool) -> bool:
@@ -78,8 +112,9 @@ def acceptance(methods: dict[str, list[dict]]) -> dict[str, list[dict]]:
                  "base_above_noise_floor": base["per_occupation_bias"] > base.get(
                      "per_occupation_bias_noise_floor_hi", 0),
                  "first_option_not_up": _not_worse(row, base, "first_option_rate_ambiguous", True),
-                 "accuracy_not_down": _not_worse(row, base, "unambiguous_accuracy", False),
-                 "generic_kl_ok": row.get("generic_kl", 0) <= GENERIC_KL_LIMIT}
+                 "accuracy_not_down": _accuracy_kept(row, base),
+                 "generic_kl_ok": row.get("generic_kl", 0) <= GENERIC_KL_LIMIT,
+                 "gendered_rate_not_up": _gendered_rate_kept(row)}
             c["acceptable"] = all(v for k, v in c.items() if k != "strength")
             checks.append(c)
         out[label] = checks

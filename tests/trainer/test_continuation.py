@@ -5,7 +5,7 @@ import pytest
 import torch
 from tiny_models import tiny_tokenizer
 
-from trainer import continuation, metrics, report
+from trainer import continuation, cues, metrics, report
 from trainer.errors import DataError
 from trainer.occupations import FEMALE_SHARE, majority_is_female
 
@@ -17,7 +17,8 @@ def test_generated_data_covers_every_occupation_with_unstated_and_both_stated_ge
         assert {i.gender for i in mine} == {None, "male", "female"}
         assert all(occ in i.prompt for i in mine)
     stated = [i for i in items if i.gender]
-    assert all(any(p in i.prompt for p in sum(continuation.STATED, ())) for i in stated)
+    assert all(any(c.text(i.gender).lower() in i.prompt.lower() for c in cues.CUES if c.key == i.cue)
+               for i in stated)
 
 
 def test_split_is_deterministic_disjoint_by_wording_and_large_enough():
