@@ -6,8 +6,10 @@
 Without --model a tiny random Llama is built in a temporary folder (the worst case for relative overhead:
 its matmuls are tiny). Two random adapters at every site are constructed for the model. Each round runs the
 same greedy batch (ignore_eos, fixed length) three ways: plain vLLM, steered with all strengths 0, and
-steered with mixed strengths {0, 0.25, 0.5, 1} over both adapters; it prints tokens/s, the median and the
-best round (on a shared machine the best round is the least disturbed one), and their ratios to plain.
+steered with mixed strengths {0, 0.25, 0.5, 1} over both adapters. Two clocks: tokens per wall second, and
+tokens per CPU second of the engine's own processes (on a loaded machine time-slicing inflates wall time but
+not, to first order, the CPU time the engine itself used). For each: the median and best round, their ratios
+to plain, and the paired ratio (median over rounds of arm / plain within the same round).
 Prefix caching is on; every request has a unique cache_salt per round, so no round reuses another's KV.
 All prompts are submitted at once, so --prompts is the number of concurrent sequences; a list runs each
 batch size in turn, all arms alternating within it. Each round also checks that the all-0 arm produced
@@ -24,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 from transformers import AutoConfig
 
 from adapters import io
@@ -40,18 +43,37 @@ def random_adapter(model: str, name: str, seed: int, out: Path, num_sites: int |
     return str(io.save(spec, out / f"{name}.safetensors"))
 
 
+_ENGINE_PROCESSES: dict[int, list[psutil.Process]] = {}
+
+
+def start_llm(**kwargs):
+    """vLLM's LLM, remembering the processes it started (its engine) for CPU-time accounting."""
+    from vllm import LLM
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    llm = LLM(**kwargs)
+    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    _ENGINE_PROCESSES[id(llm)] = started or [psutil.Process()]  # in-process engine: this process
+    return llm
+
+
+def _cpu_seconds(llm) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in _ENGINE_PROCESSES[id(llm)])
+
+
 def run_round(llm, n_prompts: int, n_tokens: int, steering: list[dict | None], tag: str):
-    """(tokens/s, the token ids of every completion) of one batch."""
+    """(tokens per wall second, tokens per engine CPU second, the token ids of every completion) of one batch."""
     from vllm import SamplingParams
 
     prompts = [{"prompt": f"{i}: {PROMPT}", "cache_salt": f"{tag}-{i}"} for i in range(n_prompts)]
     params = [SamplingParams(temperature=0, max_tokens=n_tokens, ignore_eos=True, extra_args=steering[i])
               for i in range(n_prompts)]
-    start = time.perf_counter()
+    cpu, start = _cpu_seconds(llm), time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _cpu_seconds(llm) - cpu
     tokens = [list(o.outputs[0].token_ids) for o in outs]
-    return sum(map(len, tokens)) / elapsed, tokens
+    n = sum(map(len, tokens))
+    return n / elapsed, n / max(cpu, 1e-9), tokens
 
 
 def arms(plain, steered, n_prompts: int) -> dict:
@@ -68,22 +90,33 @@ def measure(plain, steered, n_prompts: int, args) -> dict[str, list[float]]:
     for llm, steering in ways.values():  # warm-up
         run_round(llm, n_prompts, 4, steering, f"warm-{n_prompts}")
     rates: dict[str, list[float]] = {way: [] for way in ways}
+    cpu_rates: dict[str, list[float]] = {way: [] for way in ways}
     for r in range(args.rounds):
         tokens = {}
         for way, (llm, steering) in ways.items():
-            rate, tokens[way] = run_round(llm, n_prompts, args.tokens, steering, f"{way}-{n_prompts}-{r}")
+            rate, cpu_rate, tokens[way] = run_round(llm, n_prompts, args.tokens, steering, f"{way}-{n_prompts}-{r}")
             rates[way].append(rate)
+            cpu_rates[way].append(cpu_rate)
         if tokens["steered, all 0"] != tokens["plain"]:
             raise SystemExit(f"strength 0 differs from plain vLLM ({n_prompts} prompts, round {r})")
-    return rates
+    return {"wall": rates, "cpu": cpu_rates}
 
 
-def report(rates: dict[str, list[float]]) -> None:
-    base, base_best = statistics.median(rates["plain"]), max(rates["plain"])
-    for way, values in rates.items():
-        med, best = statistics.median(values), max(values)
-        print(f"{way:16s} median {med:8.1f} tok/s (ratio {med / base:.3f})  best {best:8.1f} tok/s "
-              f"(ratio {best / base_best:.3f})  rounds: {', '.join(f'{v:.0f}' for v in values)}", flush=True)
+def paired_ratio(values: list[float], plain: list[float]) -> float:
+    """Median over rounds of this arm's rate / plain's rate in the same round (measured side by side)."""
+    return statistics.median(v / p for v, p in zip(values, plain, strict=True))
+
+
+def report(rates: dict[str, dict[str, list[float]]]) -> None:
+    for clock, unit in (("wall", "tok/s"), ("cpu", "tok per engine CPU-s")):
+        plain = rates[clock]["plain"]
+        base, base_best = statistics.median(plain), max(plain)
+        print(f"-- {unit}")
+        for way, values in rates[clock].items():
+            med, best = statistics.median(values), max(values)
+            print(f"{way:16s} median {med:8.1f} (ratio {med / base:.3f})  paired ratio {paired_ratio(values, plain):.3f}"
+                  f"  best {best:8.1f} (ratio {best / base_best:.3f})  rounds: {', '.join(f'{v:.0f}' for v in values)}",
+                  flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,8 +131,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     batch_sizes = [int(n) for n in args.prompts.split(",")]
 
-    from vllm import LLM
-
     from server.vllm_plugin import offline_engine_kwargs
 
     tmp = Path(tempfile.mkdtemp(prefix="fairsteer-bench-"))
@@ -112,8 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     adapters = {name: random_adapter(model, name, seed, tmp, args.sites) for seed, name in enumerate(("one", "two"))}
     engine = {"enforce_eager": not args.compile, "distributed_executor_backend": "uni", "dtype": "float32",
               "kv_cache_memory_bytes": 256 << 20, "max_model_len": 512, "seed": 0}
-    plain = LLM(model=model, **engine)
-    steered = LLM(model=model, **engine, **offline_engine_kwargs(model, adapters))
+    plain = start_llm(model=model, **engine)
+    steered = start_llm(model=model, **engine, **offline_engine_kwargs(model, adapters))
     results = []
     for n_prompts in batch_sizes:
         rates = measure(plain, steered, n_prompts, args)

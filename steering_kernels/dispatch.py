@@ -111,7 +111,7 @@ class RowPlan:
 
     num_tokens: int
     steered: torch.Tensor | None    # (n,) long rows to compute alone (n <= T/2); None: compute all rows
-    untouched: torch.Tensor | None  # (T - n,) long rows to put back after computing all; None: none
+    untouched: torch.Tensor | None  # (T - n,) long rows left as they were when computing all; None: none
     adapter: int | torch.Tensor     # 0-based adapter row for all computed rows, or (rows,) long per row
     strength: torch.Tensor          # (rows, 1) strength of the computed rows
     num_steered: int
@@ -131,7 +131,7 @@ def plan_rows(strength: torch.Tensor, index: torch.Tensor | None) -> RowPlan:
     steered = untouched = None
     if 0 < n and n * 2 <= T:                          # few steered tokens: compute those rows only
         steered = active.nonzero().squeeze(1)
-    elif n < T:                                       # put the untouched rows back (torch.where is 5x slower)
+    elif n < T:                                       # compute all rows, then keep these as they were
         untouched = (~active).nonzero().squeeze(1)
     if single:
         adapter = hi - 1
@@ -164,14 +164,12 @@ def _steer_cpu(h, a, b, strength, index, may_return_input=False, plan: RowPlan |
     if plan.steered is not None:
         steered = _steer_rows(h.index_select(0, plan.steered), a, b, plan.strength, plan.adapter)
         return h.clone().index_copy_(0, plan.steered, steered)
-    out = _steer_rows(h, a, b, plan.strength, plan.adapter)
-    if plan.untouched is not None:
-        out.index_copy_(0, plan.untouched, h.index_select(0, plan.untouched))
-    return out
+    return _steer_rows(h, a, b, plan.strength, plan.adapter, plan.untouched)
 
 
-def _steer_rows(h, a, b, strength, adapter):
-    """Steer every row of h with one adapter row (int) or a per-row adapter row ((T,) long); none skipped."""
+def _steer_rows(h, a, b, strength, adapter, untouched=None):
+    """Steer every row of h with one adapter row (int) or a per-row adapter row ((T,) long), except the rows
+    listed in `untouched` ((n,) long or None), which come out as h's own bits."""
     h32 = h.to(_math_dtype(h))
     if isinstance(adapter, int):                                          # one row, broadcast: no gather
         out = torch.mul(a[adapter], h32)
@@ -182,8 +180,11 @@ def _steer_rows(h, a, b, strength, adapter):
         rows_a = torch.index_select(a, 0, adapter)                        # (T, D)
         out = rows_a.mul_(h32) if rows_a.dtype == h32.dtype else rows_a * h32
         out.add_(torch.index_select(b, 0, adapter))
-    out.mul_(strength.to(h32.dtype)).add_(h32)                            # same op order as steer_ref
-    return out.to(h.dtype)
+    out.mul_(strength.to(h32.dtype))                                      # same op order as steer_ref
+    if untouched is not None:
+        # x + (-0.0) is x for every x (±0, ±inf, NaN too): one fill instead of gathering and copying h's rows back.
+        out.index_fill_(0, untouched, -0.0)
+    return out.add_(h32).to(h.dtype)
 
 
 def _rms_norm_cpu(x, weight, eps):

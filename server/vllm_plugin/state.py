@@ -65,16 +65,21 @@ class SteeringState:
         self.set_row(j, si, ii)
 
     def finish_update(self, batch_size: int) -> None:
-        """Publish the row tables to the device: outside any captured graph, into fixed buffers.
-
-        A blocking copy from pageable memory: the host tables may change again before an asynchronous
-        copy would have run.
-        """
+        """Publish the row tables to the device: outside any captured graph, into fixed buffers."""
         self.num_reqs = batch_size
         steered = (self.row_strength_cpu[:batch_size] != 0) & (self.row_index_cpu[:batch_size] != 0)
-        self.any_steered = bool(steered.any())
-        self.row_strength.copy_(self.row_strength_cpu)
-        self.row_index.copy_(self.row_index_cpu)
+        self.any_steered = bool(steered.any())   # host tensors: no device read
+        self._publish(self.row_strength_cpu, self.row_strength)
+        self._publish(self.row_index_cpu, self.row_index)
+
+    def _publish(self, host: torch.Tensor, device_table: torch.Tensor) -> None:
+        if self.device.type == "cpu":
+            device_table.copy_(host)
+            return
+        # A page-locked snapshot per update, copied asynchronously: a copy from pageable memory would block
+        # the host until the stream drained (no overlap with the GPU's step). PyTorch's caching host allocator
+        # keeps the snapshot until its transfer has run, so the next update may rewrite the host table at once.
+        device_table.copy_(host.pin_memory(), non_blocking=True)
 
     # ---- tokens: once per forward, before the (possibly compiled) decoder runs ----------------------
 

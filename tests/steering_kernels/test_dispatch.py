@@ -152,3 +152,23 @@ def test_cpu_path_at_real_width_matches_the_reference_and_leaves_tables_untouche
     for s, idx in _index_cases(strength, index).values():
         assert torch.equal(steer(h, a, b, s, idx, plan=dispatch.plan_rows(s, idx)), steer_ref(h, a, b, s, idx))
     assert torch.equal(a, a_before) and torch.equal(b, b_before), "steering must never write the adapter tables"
+
+
+def test_untouched_rows_of_a_mostly_steered_batch_keep_every_bit_even_inf_nan_and_negative_zero():
+    # More than half the rows steered: the CPU path computes all rows and fills the untouched ones' update
+    # with -0.0 before adding h, which must keep -0.0, ±inf and NaN rows exactly (torch.equal misses -0 vs +0).
+    h, a, b, strength, index, _ = _inputs(T=16, D=8)
+    strength[:] = 0.5
+    strength[[1, 5]] = 0
+    index[9] = 0
+    h[1] = torch.tensor([-0.0, float("inf"), -float("inf"), float("nan"), 0.0, -1.0, 3.0, -0.0])
+    h[9, :2] = -0.0
+    plan = dispatch.plan_rows(strength, index)
+    assert plan.untouched is not None, "this case must take the compute-all-then-keep path"
+    with dispatch.use_backend("torch"):
+        y = steer(h, a, b, strength, index, plan=plan)
+    for row in (1, 5, 9):
+        assert torch.equal(y[row].view(torch.int32), h[row].view(torch.int32)), f"row {row} must keep its bits"
+    steered = torch.ones(16, dtype=torch.bool)
+    steered[[1, 5, 9]] = False
+    assert torch.equal(y[steered], steer_ref(h, a, b, strength, index)[steered])
