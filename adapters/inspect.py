@@ -3,8 +3,8 @@
 `describe` gathers the name, method, version (content hash), format version, base model identity, the
 sites in compact form ("5 sites: layers.0-1 input_norm+post_attention_norm, final_norm"), the parameter
 count (and, with a model, its share of that model's parameters, counted from the safetensors headers
-without loading weights, plus whether the adapter fits it), the training settings and the calibration
-table, as JSON-ready values; `render` lays them out as text. A model folder that cannot be read raises
+without loading weights, plus whether the adapter fits it), the training settings, the calibration
+table and the base model's license notice, as JSON-ready values; `render` lays them out as text. A model folder that cannot be read raises
 `ModelPullError`. The command itself is cli/adapter.py.
 """
 
@@ -28,6 +28,7 @@ def describe(spec, path: Path, model: str | None = None) -> dict[str, Any]:
         "sites_summary": summarize_sites(spec.sites), "sites": list(spec.sites),
         "num_parameters": spec.num_parameters,
         "training": meta.training, "calibration": [dict(row) for row in meta.calibration],
+        "license_notice": meta.license_notice,
     }
     if model is not None:
         info["model"] = _describe_model(model, spec)
@@ -123,6 +124,9 @@ def render(info: dict[str, Any]) -> str:
         lines.append(("model", f"{model['path']}: {share}; {fit}"))
     width = max(len(key) for key, _ in lines)
     out = [f"{key:<{width}}  {value}" for key, value in lines]
+    if info["license_notice"]:  # the base model's terms: whoever receives the adapter must be told
+        out += ["", "license notice (the base model's terms; this adapter is a derivative of that model)"]
+        out += [f"  {line}" for line in info["license_notice"].splitlines()]
     out += ["", "training settings"]
     out += _key_values(info["training"]) or ["  (none recorded)"]
     out += ["", "calibration"]

@@ -70,6 +70,9 @@ class AdapterMeta:
     # Rows of {"strength": float, "per_occupation_bias": .., "unambiguous_accuracy": .., "kl_to_base": ..}
     calibration: tuple[dict[str, Any], ...] = ()
     format_version: int = FORMAT_VERSION
+    # The notice the base model's terms require every derivative to carry (its folder's NOTICE, e.g. Gemma's),
+    # None for a model without one. Files written before this field existed read as None.
+    license_notice: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ class SteeringSpec:
                 f"version {FORMAT_VERSION}); re-export it with a matching fairsteer release")
         if self.meta.method not in METHODS:
             raise AdapterFormatError(f"unknown method {self.meta.method!r}; expected one of {METHODS}")
+        if not isinstance(self.meta.license_notice, str | None):
+            raise AdapterFormatError(f"license_notice must be text, found {type(self.meta.license_notice).__name__}")
         if not self.sites:
             raise AdapterFormatError("the adapter steers no site")
         if len(set(self.sites)) != len(self.sites):

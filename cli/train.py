@@ -49,6 +49,7 @@ def run(args) -> int:
     import torch
 
     from adapters import io
+    from adapters.model_store import license_notice, resolve_model
     from trainer.base_model import load_model
     from trainer.run import Run, minutes_since, peak_rss_mb
     from trainer.task_registry import load_splits
@@ -66,10 +67,15 @@ def run(args) -> int:
     print(f"{cfg.task} data {cfg.data}: {len(splits.train)} ambiguous + {len(splits.train_resolvable)} resolvable "
           f"training examples; evaluation held out", file=sys.stderr)
     method = METHOD_FLAGS[args.method]
+    notice = license_notice(resolve_model(args.model))
+    if notice:
+        print(f"the model's terms require its derivatives to carry its NOTICE; recorded in the adapter:\n{notice}",
+              file=sys.stderr)
     spec = train(method, model, tokenizer, pad_id, splits, cfg,
                  Run(name=args.name or out.stem, base_model=args.model, out=out, resume=args.resume is not None,
                      checkpoint_dir=Path(args.resume) if args.resume else None,
-                     log_jsonl=Path(args.log_jsonl) if args.log_jsonl else None, started=started))
+                     log_jsonl=Path(args.log_jsonl) if args.log_jsonl else None, started=started,
+                     license_notice=notice))
     io.save(spec, out)
     print(f"wrote {out} ({args.method}, {len(spec.sites)} sites, version {spec.version}); "
           f"{minutes_since(started):.1f} min, peak memory {peak_rss_mb():.0f} MB")

@@ -43,6 +43,7 @@ class LoadedAdapter:
             "sites": list(self.sites), "num_parameters": self.num_parameters,
             "calibration": list(meta.pop("calibration")), "training": meta.pop("training"),
             "format_version": meta.pop("format_version"),
+            "license_notice": meta.pop("license_notice"),  # the base model's terms, which bind the adapter too
         }
 
 

@@ -24,6 +24,8 @@ class Run:
             a time-sliced job does; a later run with `resume` continues the same schedule.
         started: `time.monotonic()` when the run began (model loading included): the time budget counts
             from here.
+        license_notice: the base model's NOTICE (`adapters.model_store.license_notice`), which its terms
+            require the adapter, a derivative of the model, to carry; None where the model has none.
     """
 
     name: str
@@ -34,6 +36,7 @@ class Run:
     log_jsonl: Path | None = None
     stop_after: int | None = None
     started: float = field(default_factory=time.monotonic)
+    license_notice: str | None = None
 
     @property
     def checkpoints(self) -> Path:

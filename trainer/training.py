@@ -7,6 +7,7 @@ The names are `adapters.methods.TrainedMethod`, what the adapter file records. E
 """
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 from adapters.hf import model_identity
@@ -31,9 +32,11 @@ assert tuple(TRAINERS) == TRAINED_METHODS, "every method in adapters.methods.Tra
 
 def train(method: TrainedMethod, model, tokenizer, pad_id: int, splits, cfg: DSOConfig,
           run: Run) -> SteeringSpec:
-    """The adapter `method` trains on `splits` at the sites `cfg.sites` names."""
+    """The adapter `method` trains on `splits` at the sites `cfg.sites` names, carrying the base model's
+    license notice (every method's adapter is a derivative of the model)."""
     sites = sites_for(cfg, model_identity(model).num_layers)
-    return TRAINERS[method](model, tokenizer, pad_id, splits, cfg, sites, run)
+    spec = TRAINERS[method](model, tokenizer, pad_id, splits, cfg, sites, run)
+    return replace(spec, meta=replace(spec.meta, license_notice=run.license_notice))
 
 
 def sites_for(cfg: DSOConfig, num_layers: int) -> tuple[str, ...]:

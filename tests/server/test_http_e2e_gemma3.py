@@ -7,13 +7,16 @@ Slow: the two servers start side by side (about a minute and a half on this 2-co
 """
 
 import asyncio
+from dataclasses import replace
 
+import httpx
 import openai
 import pytest
 from server_process import ServerProcess, fairsteer_argv, free_port, plain_vllm_argv
 from transformers import AutoConfig
 
 from adapters import io
+from adapters.model_store import license_notice
 from adapters.spec import ModelIdentity, random_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -30,6 +33,7 @@ def servers(gemma3_path, tmp_path_factory):
     identity = ModelIdentity.from_config(AutoConfig.from_pretrained(gemma3_path))
     spec = random_spec(identity, "rand", seed=0, scale_a=0.2, scale_b=0.5, base_model="gemma-3-270m",
                        method="constructed")
+    spec = replace(spec, meta=replace(spec.meta, license_notice=license_notice(gemma3_path)))  # as training does
     adapter = io.save(spec, tmp_path_factory.mktemp("gemma3") / "rand.safetensors")
     logs = tmp_path_factory.mktemp("gemma3-logs")
     fs_port, plain_port = free_port(), free_port()
@@ -65,6 +69,9 @@ def test_gemma3_strength_zero_is_plain_vllm_and_strength_one_steers(servers, gem
     one = [completion_ids(fs_client, gemma3_path, p, fairness_strength=1.0)[0] for p in PROMPTS]
     changed = sum(a != b for a, b in zip(one, reference))
     assert changed == len(PROMPTS), f"strength 1 must change every answer; it changed {changed} of {len(PROMPTS)}"
+
+    (listed,) = httpx.get(fs.url + "/v1/steerings", timeout=10).json()["data"]
+    assert "subject to the Gemma Terms of Use" in listed["license_notice"], "users of the adapter are told its terms"
 
 
 def test_gemma3_mixed_strengths_in_one_batch_equal_each_alone(servers, gemma3_path):
