@@ -68,22 +68,22 @@ def _cell(strength: float, endpoint: str, outputs: list[Output], lexicon: Lexico
         female, male = c[FEMALE] > 0, c[MALE] > 0
         x[row_of[output.item]] += (1, female, male, not (female or male))
     occupations = sorted({occupation_of[i] for i in items})
-    weights = _bootstrap_weights([occupation_of[i] for i in items], occupations, seed)   # (1 + B, I)
+    weights = bootstrap_weights([occupation_of[i] for i in items], occupations, seed)   # (1 + B, I)
     figures = _figures(weights, x, [occupation_of[i] for i in items], occupations)
     return {
         "strength": strength, "endpoint": endpoint, "prompts": len(items),
         "counts": {"outputs": len(outputs),
                    "mentions": {g: sum(c[g] > 0 for c in counts) for g in lexicon.groups},
                    "terms": {g: sum(c[g] for c in counts) for g in lexicon.groups}},
-        "rates": {name: _interval(figures[name]) for name in ("male", "female", "none", "female_share")},
-        "occupation_gap": _interval(figures["occupation_gap"]),
-        "bls_correlation": _interval(figures["bls_correlation"]),
+        "rates": {name: interval(figures[name]) for name in ("male", "female", "none", "female_share")},
+        "occupation_gap": interval(figures["occupation_gap"]),
+        "bls_correlation": interval(figures["bls_correlation"]),
         "health": text_health([o.text for o in outputs]),
         "per_occupation": _per_occupation(x, [occupation_of[i] for i in items]),
     }
 
 
-def _bootstrap_weights(item_occupations: list[str], occupations: list[str], seed: int) -> np.ndarray:
+def bootstrap_weights(item_occupations: list[str], occupations: list[str], seed: int) -> np.ndarray:
     """Row 0: every prompt once (the estimate); rows 1..B: prompts resampled within each occupation."""
     rng = np.random.default_rng(seed)
     weights = np.ones((1 + BOOTSTRAP_DRAWS, len(item_occupations)))
@@ -125,7 +125,7 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def _interval(values: np.ndarray) -> dict[str, float | None]:
+def interval(values: np.ndarray) -> dict[str, float | None]:
     """{"value", "lo", "hi"}: the estimate (row 0) and the 2.5 / 97.5 percentiles of the draws."""
     draws = values[1:][np.isfinite(values[1:])]
     lo, hi = (np.percentile(draws, [2.5, 97.5]) if len(draws) else (np.nan, np.nan))

@@ -1,0 +1,86 @@
+"""`fairsteer eval --task chat`: the held-out chat prompts, their figures, and a run through the real server.
+
+The end-to-end test starts `fairsteer serve` (through the command, as a user runs it) on the tiny model with
+the "mix" adapter from conftest.py, samples every chat prompt once at two strengths, and stops the server.
+"""
+
+import json
+
+import pytest
+
+from cli.main import main
+from server import chat_eval, lexicons
+from server.audit import CHAT_WORDINGS
+from server.audit_report import Output
+from trainer import continuation
+
+
+def test_chat_prompts_cover_every_occupation_and_both_stated_genders():
+    chats = chat_eval.chat_prompts()
+    neutral = [p for p, g in zip(chats.prompts, chats.genders) if g is None]
+    stated = [(p, g) for p, g in zip(chats.prompts, chats.genders) if g is not None]
+    assert len(neutral) == 120 and len(stated) == 160
+    assert all(p.endpoint == "chat" for p in chats.prompts)
+    for gender in ("female", "male"):
+        assert len({p.occupation for p, g in stated if g == gender}) == 40, "each occupation gets both genders"
+
+
+def _trained_cues() -> list[str]:
+    try:
+        from trainer.cues import CUES
+    except ImportError:  # before trainer/cues.py: continuation's appositives were the only cues
+        return [c for pair in continuation.STATED for c in pair]
+    return [text for c in CUES for text in (c.female, c.male)]
+
+
+def test_chat_cues_and_wordings_are_never_trained_on():
+    trained = [t.lower().replace("{o}", "").strip(" ,") for t in continuation.TEMPLATES] + \
+        [c.lower() for c in _trained_cues()]
+    held_out = [person.lower() for pair, _ in chat_eval.STATED for person in pair]
+    held_out += [w.lower() for _, w in chat_eval.STATED] + [w.lower() for w in CHAT_WORDINGS]
+    clashes = [(h, t) for h in held_out for t in trained if t in h or (len(h) < 30 and h in t)]
+    assert not clashes, f"held-out chat text overlaps training text: {clashes}"
+
+
+def _outputs(texts_by_item: dict[int, str], chats, strength: float) -> list[Output]:
+    return [Output(strength, "chat", k, 0, chats.prompts[k].occupation, text) for k, text in texts_by_item.items()]
+
+
+def test_stated_accuracy_counts_responses_that_keep_the_stated_gender():
+    chats = chat_eval.chat_prompts()
+    lexicon = lexicons.load()
+    words = {"female": "she smiled", "male": "he smiled"}
+    other = {"female": "he smiled", "male": "she smiled"}
+    neutral = {k: "she said" if k % 2 else "he said" for k, g in enumerate(chats.genders) if g is None}
+    kept = {k: words[g] for k, g in enumerate(chats.genders) if g is not None}
+    flipped = {k: other[g] for k, g in enumerate(chats.genders) if g is not None}
+    rows = chat_eval.summarize(_outputs({**neutral, **kept}, chats, 0.0) + _outputs({**neutral, **flipped}, chats, 1.0),
+                               chats, lexicon)
+    assert [r["strength"] for r in rows] == [0.0, 1.0]
+    assert rows[0]["stated_accuracy"]["value"] == 1.0 and rows[1]["stated_accuracy"]["value"] == 0.0
+    assert rows[0]["stated_accuracy_pro"]["value"] == 1.0 and rows[0]["stated_accuracy_anti"]["value"] == 1.0
+    assert rows[0]["gendered_rate"]["value"] == 1.0 and rows[0]["female_share"]["value"] == 0.5
+    target = chat_eval.targets(rows)[0]
+    assert target["stated_accuracy_change"] == -1.0 and not target["met"]["stated_accuracy"]
+    assert not target["met"]["all_met"]
+
+
+@pytest.mark.vllm
+def test_chat_eval_runs_through_the_real_server(tiny_llama, mix_adapter, tmp_path, capsys):
+    status = main(["eval", "--task", "chat", "--model", str(tiny_llama), "--adapter", str(mix_adapter.path),
+                   "--strengths", "0,1", "--chat-samples", "1", "--chat-max-tokens", "8", "--out", str(tmp_path)])
+    assert status == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    (result,) = report["adapters"].values()
+    assert [r["strength"] for r in result["rows"]] == [0.0, 1.0]
+    for row in result["rows"]:
+        assert row["chats"] == 120 and row["stated_chats"] == 160
+        for figure in ("occupation_gap", "bls_correlation", "female_share", "stated_accuracy",
+                       "stated_accuracy_pro", "stated_accuracy_anti", "gendered_rate"):
+            assert set(row[figure]) == {"value", "lo", "hi"}, figure
+    assert set(result["targets"][0]["met"]) == {"gap", "female_share", "stated_accuracy", "all_met"}
+    lines = (tmp_path / "chat-outputs.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 280
+    texts = {s: [json.loads(x)["text"] for x in lines if json.loads(x)["strength"] == s] for s in (0.0, 1.0)}
+    assert texts[0.0] != texts[1.0], "strength 1 must be served steered"
+    assert "targets" in capsys.readouterr().out
