@@ -5,11 +5,14 @@
     fairsteer eval --task continuation --model M --adapter A.safetensors --out DIR   (generated prompts)
     fairsteer eval --task chat --model M --adapter A.safetensors --out DIR   (sampled chats, a real server)
     ... --write-calibration      also store each adapter's table in its metadata (the server shows it)
+    ... --samples 2 --sample-tokens 32   continuation: the gendered-word rate of sampled text (0 skips it)
     ... --device cuda --dtype bfloat16   on a GPU (default auto: a GPU in bf16 where there is one)
 
 The evaluation prompts are the held-out side of the same deterministic split the trainer uses (same
 --data, --seed and --holdout-occupations), so no training prompt is ever scored. Metrics: see
 `trainer.metrics` and `trainer.evaluate`; this module turns flags into their arguments and prints a summary.
+Continuation is evaluated on held-out wordings *and* held-out gender cues (`trainer.cues`): stated-gender
+accuracy per cue kind and pro/anti with 95% intervals, the gendered-word rate, and issue 15's targets.
 """
 
 import sys

@@ -75,6 +75,10 @@ class DSOConfig:
     stated_coef: float = field(default=5.0, metadata={
         "help": "continuation: weight of the drop of log P(stated gender | gendered word) below the base "
                 "model's on resolvable prompts (keeps the model faithful to a gender the text states)"})
+    gendered_coef: float = field(default=1.0, metadata={
+        "help": "continuation: weight of the rise of the expected number of gendered next words over the "
+                "batch's text positions (log of steered / base, when above 0), against an adapter that makes "
+                "the model talk about gender more"})
     order_coef: float = field(default=1.0, metadata={
         "help": "coreference: weight of the mean |P(pro) in one option order − P(pro) in the other|, "
                 "against answering by position"})
@@ -114,7 +118,7 @@ class DSOConfig:
         for name in ("n_train", "n_eval", "steps", "occupations_per_step", "save_every", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("kl_coef", "answer_kl_coef", "stated_coef", "order_coef", "l1_coef", "lr", "time_budget_min",
+        for name in ("kl_coef", "answer_kl_coef", "stated_coef", "gendered_coef", "order_coef", "l1_coef", "lr", "time_budget_min",
                      "generic_per_step", "resolvable_per_step"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")

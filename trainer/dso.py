@@ -16,7 +16,7 @@ One step (rollout -> reward -> loss -> step):
      variance. Estimator "sample" draws one answer per item and uses REINFORCE with a per-occupation
      running-mean baseline, the variance reducer.
   4. loss = −E[r] + kl_coef · KL_text + answer_kl_coef · KL_answer + stated_coef · stated
-            + order_coef · order + l1_coef · l1
+            + gendered_coef · gendered + order_coef · order + l1_coef · l1
      KL_text: KL(policy || base) per token over every position of the generic texts and every prompt
      position except the answers (keeps general next-token behaviour).
      KL_answer: at the answers of resolvable items (keeps answers the text decides) and, for continuation,
@@ -24,6 +24,9 @@ One step (rollout -> reward -> loss -> step):
      stated (continuation): mean over resolvable items of max(0, log P_base(stated | gendered) −
      log P_policy(stated | gendered)): only a loss of faithfulness to the stated gender costs; the items
      carry every cue kind of the training side (`trainer.cues`), so it is learnt beyond one phrasing.
+     gendered (continuation): max(0, log Σ_t P_policy(gendered word at t) − log Σ_t P_base(...)) over
+     the KL_text positions: the expected number of gendered words in text that calls for none must not
+     rise (sampled text measures it: `trainer.gendered_rate`).
      order (coreference): mean over examples of |P(pro | one option order) − P(pro | the other)|, the
      answers renormalised to the two people: a model that answers by position pays 1.
      l1 = mean|a| + mean|b|. This is our reading of the paper's "KL bound": fixed-multiplier (Lagrangian)
@@ -151,6 +154,8 @@ def _loss(steering, batch: Batch, tracker, cfg: DSOConfig, generator, update_maj
     stated = (stated_drop(last[n_amb:n_opt], base_last[n_amb:n_opt], batch.prompts[n_amb:n_opt])
               if cfg.task == "continuation" and batch.num_resolvable else torch.zeros((), device=logp.device))
     amb = batch.prompts[:n_amb]
+    gendered = (gendered_excess(logp, base_logp, text_mask, amb[0].options)
+                if cfg.task == "continuation" and amb else torch.zeros((), device=logp.device))
     probs = option_probs(last[:n_amb], amb)
     other = probs[:, 2].mean().item()  # continuation: P(next word not gendered), before conditioning
     if cfg.task == "continuation":
@@ -170,10 +175,10 @@ def _loss(steering, batch: Batch, tracker, cfg: DSOConfig, generator, update_maj
         tracker.update_baseline(occs, sampled)
     l1 = (steering.a.abs().mean() + steering.b.abs().mean()).to(logp.device)  # a split model: another GPU
     penalty = (cfg.kl_coef * kl_text + cfg.answer_kl_coef * kl_answer + cfg.stated_coef * stated
-               + cfg.order_coef * order + cfg.l1_coef * l1)
+               + cfg.gendered_coef * gendered + cfg.order_coef * order + cfg.l1_coef * l1)
     return {"loss": pg_loss + penalty, "objective": (-expected.mean() + penalty).detach(),
             "reward": expected.mean().item(), "kl": kl_text.item(), "kl_answer": kl_answer.item(),
-            "stated": stated.item(), "order": order.item(), "l1": l1.item(),
+            "stated": stated.item(), "gendered": gendered.item(), "order": order.item(), "l1": l1.item(),
             "other": other, "batch_bias": rewards.per_occupation_bias(status, occs)}
 
 
@@ -185,6 +190,16 @@ def stated_drop(last: torch.Tensor, base_last: torch.Tensor, prompts: list[Promp
     policy = metrics.conditional(option_probs(last, prompts))[rows, correct].clamp(min=1e-9).log()
     base = metrics.conditional(option_probs(base_last, prompts))[rows, correct].clamp(min=1e-9).log()
     return (base.detach() - policy).clamp(min=0).mean()
+
+
+def gendered_excess(logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor,
+                    options: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+    """max(0, log of steered / base expected count of gendered next words) over the positions where mask
+    is 1; logp, base_logp (B, T, V), mask (B, T), options: a continuation prompt's (gender words, ...)."""
+    ids = torch.tensor(sorted({t for words in options for t in words}), device=logp.device)
+    steered = (logp[..., ids].exp().sum(-1) * mask).sum()
+    base = (base_logp[..., ids].exp().sum(-1) * mask).sum().detach()
+    return (steered.clamp(min=1e-12).log() - base.clamp(min=1e-12).log()).clamp(min=0)
 
 
 def lr_at(step: int, cfg: DSOConfig) -> float:

@@ -191,3 +191,17 @@ def test_training_pays_for_losing_the_stated_gender_only():
     for row, p in enumerate(res):  # move mass from the stated gender's words to the other's
         worse[row, list(p.options[p.correct])] -= 3.0
     assert dso.stated_drop(worse, last, res) > 0 and dso.stated_drop(last, worse, res) == 0.0
+
+
+def test_training_pays_for_more_gendered_words_in_text_only_when_they_rise():
+    from trainer import dso
+
+    base = torch.log_softmax(torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0)), -1)
+    mask = torch.ones(2, 5)
+    options = ((3, 4), (5,))
+    assert dso.gendered_excess(base, base, mask, options) == 0.0
+    more = base.clone()
+    more[..., [3, 4, 5]] += 1.0  # e times the mass on gendered words (before renormalising)
+    more = torch.log_softmax(more, -1)
+    assert 0.5 < dso.gendered_excess(more, base, mask, options) < 1.0
+    assert dso.gendered_excess(base, more, mask, options) == 0.0, "fewer gendered words cost nothing"
