@@ -266,7 +266,9 @@ async def _preflight(client, config: AuditConfig) -> dict:
                          f"{', '.join(served) or 'nothing'}); pass one of these with --model")
     try:
         steerings = await quick.get("/steerings", cast_to=object)
-    except openai.NotFoundError:
+    except openai.APIStatusError as exc:
+        if exc.status_code not in (404, 405):  # no such route: another kind of server
+            raise _explain(exc, config) from None
         steerings = None
     except openai.APIError as exc:
         raise _explain(exc, config) from None
