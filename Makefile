@@ -35,7 +35,7 @@ comma := ,
 
 train: setup
 	.venv/bin/fairsteer train --method dso --task continuation --model smollm2-135m-instruct \
-		--out build/smollm2-135m-instruct-dso.safetensors
+		--resolvable-per-step 6 --out build/smollm2-135m-instruct-dso.safetensors
 
 eval: setup
 	.venv/bin/fairsteer eval --model smollm2-135m-instruct --adapter build/smollm2-135m-instruct-dso.safetensors \
