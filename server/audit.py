@@ -26,7 +26,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,7 +88,6 @@ class AuditConfig:
     seed: int = 0
     timeout: float = 300.0              # seconds per request
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # more fields for every request (e.g. top_p)
 
     def __post_init__(self) -> None:
         if not self.strengths or any(not math.isfinite(s) or s < 0 for s in self.strengths):
@@ -289,7 +288,7 @@ async def _generate(client, config: AuditConfig, fairsteer: bool, strength: floa
     """One sampled output's text and the steering the server says it applied (None: not a fairsteer server)."""
     import openai
 
-    extra = dict(config.extra)
+    extra: dict[str, Any] = {}
     if fairsteer:  # plain servers get no fairsteer field at all (only strength 0 reaches here for them)
         extra["fairness_strength"] = strength
         if config.adapter:
