@@ -1,7 +1,7 @@
 """Engine-level overhead of steering: plain vLLM vs the steered model, in one process, rounds alternating.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/engine_overhead.py [--model PATH] [--rounds 5] [--compile]
-        [--prompts 32 | --prompts 1,8,32,128] [--sites N] [--json OUT]
+        [--prompts 32 | --prompts 1,8,32,128] [--sites N] [--also-sites M] [--json OUT]
 
 Without --model a tiny random Llama is built in a temporary folder (the worst case for relative overhead:
 its matmuls are tiny). Two random adapters at every site are constructed for the model. Each round runs the
@@ -76,17 +76,20 @@ def run_round(llm, n_prompts: int, n_tokens: int, steering: list[dict | None], t
     return n / elapsed, n / max(cpu, 1e-9), tokens
 
 
-def arms(plain, steered, n_prompts: int) -> dict:
+def arms(plain, steered, n_prompts: int, few_sites: tuple[int, object] | None = None) -> dict:
     mixed = [{"fairsteer_adapter": ("one", "two")[i % 2], "fairsteer_strength": (0, 0.25, 0.5, 1.0)[i % 4]}
              for i in range(n_prompts)]
     zero = [{"fairsteer_adapter": "one", "fairsteer_strength": 0.0}] * n_prompts
-    return {"plain": (plain, [None] * n_prompts), "steered, all 0": (steered, zero),
+    ways = {"plain": (plain, [None] * n_prompts), "steered, all 0": (steered, zero),
             "steered, mixed": (steered, mixed)}
+    if few_sites is not None:
+        ways[f"steered, mixed, {few_sites[0]} sites"] = (few_sites[1], mixed)
+    return ways
 
 
-def measure(plain, steered, n_prompts: int, args) -> dict[str, list[float]]:
+def measure(plain, steered, n_prompts: int, args, few_sites=None) -> dict[str, dict[str, list[float]]]:
     """Rates per arm over alternating rounds; raises if the all-0 arm ever differs from plain vLLM."""
-    ways = arms(plain, steered, n_prompts)
+    ways = arms(plain, steered, n_prompts, few_sites)
     for llm, steering in ways.values():  # warm-up
         run_round(llm, n_prompts, 4, steering, f"warm-{n_prompts}")
     rates: dict[str, list[float]] = {way: [] for way in ways}
@@ -127,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--compile", action="store_true", help="torch.compile (default: enforce_eager)")
     parser.add_argument("--sites", type=int, help="steer only the first N sites (default: all)")
+    parser.add_argument("--also-sites", type=int, help="a third engine steering only the first N sites: one more "
+                                                         "arm, mixed strengths, alternating with the others")
     parser.add_argument("--json", help="write the settings and every round's rates to this file")
     args = parser.parse_args(argv)
     batch_sizes = [int(n) for n in args.prompts.split(",")]
@@ -145,9 +150,15 @@ def main(argv: list[str] | None = None) -> None:
               "kv_cache_memory_bytes": 256 << 20, "max_model_len": 512, "seed": 0}
     plain = start_llm(model=model, **engine)
     steered = start_llm(model=model, **engine, **offline_engine_kwargs(model, adapters))
+    few_sites = None
+    if args.also_sites:
+        (tmp / "few").mkdir()
+        few = {name: random_adapter(model, name, seed, tmp / "few", args.also_sites)
+               for seed, name in enumerate(("one", "two"))}
+        few_sites = (args.also_sites, start_llm(model=model, **engine, **offline_engine_kwargs(model, few)))
     results = []
     for n_prompts in batch_sizes:
-        rates = measure(plain, steered, n_prompts, args)
+        rates = measure(plain, steered, n_prompts, args, few_sites)
         print(f"model={model} prompts={n_prompts} tokens={args.tokens} rounds={args.rounds} "
               f"mode={'compile' if args.compile else 'eager'} sites={args.sites or 'all'}; "
               f"all-0 tokens equal plain in every round", flush=True)

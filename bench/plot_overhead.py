@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the file backend
 
-ARMS = {"steered, mixed": "-o", "steered, all 0": ":s"}
+STYLES = {"steered, mixed": "-o", "steered, all 0": ":s"}  # other arms (fewer sites): dashed
 
 
 def round_ratios(rates: dict[str, list[float]], arm: str) -> list[float]:
@@ -25,10 +25,12 @@ def round_ratios(rates: dict[str, list[float]], arm: str) -> list[float]:
 
 
 def curves(run: dict, clock: str) -> dict[str, tuple[list[int], list[float]]]:
-    """{arm: (batch sizes, median per-round ratio to plain)} of one run."""
-    sizes = [result["prompts"] for result in run["results"]]
-    return {arm: (sizes, [statistics.median(round_ratios(result["rates"][clock], arm)) for result in run["results"]])
-            for arm in ARMS}
+    """{arm: (batch sizes, median per-round ratio to plain)} of one run, every arm but plain."""
+    results = run["results"]
+    sizes = [result["prompts"] for result in results]
+    names = [arm for arm in results[0]["rates"][clock] if arm != "plain"]
+    return {arm: (sizes, [statistics.median(round_ratios(result["rates"][clock], arm)) for result in results])
+            for arm in names}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,9 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     for path in args.runs:
         run = json.loads(Path(path).read_text())
         settings = run["settings"]
-        label = f"{settings['mode']}, {settings['sites']} sites"
+        label = f"{settings['mode']}, {settings['sites']} sites" if settings["sites"] != "all" else settings["mode"]
         for arm, (sizes, ratios) in curves(run, args.clock).items():
-            ax.plot(sizes, ratios, ARMS[arm], label=f"{label}: {arm.removeprefix('steered, ')}")
+            ax.plot(sizes, ratios, STYLES.get(arm, "--^"), label=f"{label}: {arm.removeprefix('steered, ')}")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.axhline(0.99, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log", base=2)

@@ -7,7 +7,8 @@ Semantics are those of reference.py. Backends:
   "triton"  CUDA tensors, when triton imports (the default on a machine with CUDA). Host-side shape checks
             only, so a call can be captured in a CUDA graph.
   "torch"   CPU: a fast path equal bit for bit to the reference (in-place fp32 ops in the reference's order,
-            one broadcast adapter row instead of a (T, D) gather, untouched rows skipped). It reads index
+            one broadcast adapter row instead of a (T, D) gather, untouched rows skipped; from
+            COMPILED_MIN_TOKENS fp32 tokens on, the reference compiled by Inductor into one loop). It reads index
             and strength values, which is free on CPU. CUDA tensors under "torch" use the branch-free
             reference, so forcing "torch" on a GPU stays graph-safe.
 Override with FAIRSTEER_KERNEL=torch|triton (triton on CPU tensors then needs TRITON_INTERPRET=1), or in tests
@@ -150,6 +151,18 @@ def unsteered_plan(num_tokens: int) -> RowPlan:
 _NO_ROWS = torch.empty(0, 1)
 
 
+# From this many tokens on (prefill), the CPU path runs `steer_ref` compiled by Inductor: one fused loop instead of
+# ~8 passes over a (T, D) tensor that no longer fits in cache (bench/README.md: T=800, D=576, 1.9 ms eager vs
+# 0.42 ms compiled per site). Below it the compiled call's fixed cost (~28 us: guards, wrapper) loses. Same bits:
+# Inductor keeps fp contraction off, so it rounds as the reference (tests/steering_kernels/test_dispatch.py).
+COMPILED_MIN_TOKENS = 256
+
+
+@functools.cache
+def _compiled_steer_ref():
+    return torch.compile(steer_ref, dynamic=True, fullgraph=True)
+
+
 def _steer_cpu(h, a, b, strength, index, may_return_input=False, plan: RowPlan | None = None):
     """The reference's arithmetic, op for op, with the work cut down; see the module docstring."""
     plan = plan or plan_rows(strength, index)
@@ -161,6 +174,8 @@ def _steer_cpu(h, a, b, strength, index, may_return_input=False, plan: RowPlan |
                          f"adapters (valid 1..{a.shape[0]}, 0 = none)")
     if plan.num_steered == 0:
         return h if may_return_input else h.clone()
+    if plan.num_tokens >= COMPILED_MIN_TOKENS and h.dtype == torch.float32:
+        return _compiled_steer_ref()(h, a, b, strength, index)
     if plan.steered is not None:
         steered = _steer_rows(h.index_select(0, plan.steered), a, b, plan.strength, plan.adapter)
         return h.clone().index_copy_(0, plan.steered, steered)

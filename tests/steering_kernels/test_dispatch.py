@@ -172,3 +172,19 @@ def test_untouched_rows_of_a_mostly_steered_batch_keep_every_bit_even_inf_nan_an
     steered = torch.ones(16, dtype=torch.bool)
     steered[[1, 5, 9]] = False
     assert torch.equal(y[steered], steer_ref(h, a, b, strength, index)[steered])
+
+
+@pytest.mark.parametrize("T", [dispatch.COMPILED_MIN_TOKENS, 800])
+def test_large_steps_take_the_compiled_reference_and_keep_its_bits(T):
+    # Prefill-sized steps run steer_ref compiled by Inductor; a request must get the same bits whether its rows
+    # come in a large batch (compiled) or alone (eager ops), so both must equal the reference exactly.
+    h, a, b, strength, index, _ = _inputs(T=T, D=576, K=2, seed=7)
+    strength[::4] = 0
+    index[::7] = 0
+    h[0] = -0.0
+    h[4, :3] = torch.tensor([float("inf"), -float("inf"), float("nan")])
+    with dispatch.use_backend("torch"):
+        y = steer(h, a, b, strength, index, plan=dispatch.plan_rows(strength, index))
+        alone = [steer(h[t:t + 1], a, b, strength[t:t + 1], index[t:t + 1]) for t in range(0, T, 97)]
+    assert torch.equal(y.view(torch.int32), steer_ref(h, a, b, strength, index).view(torch.int32))
+    assert all(torch.equal(y[t:t + 1], row) for t, row in zip(range(0, T, 97), alone)), "batched must equal solo"
