@@ -15,14 +15,15 @@ same batch updates, so `prepare_step` gives its tokens the same strengths (docs/
 
 How a steered norm runs (`site_op`, chosen once per site; bench/README.md has the measurements):
   "separate"  `fairsteer.steer(norm(x))`: vLLM's own norm, then the opaque steering op.
-  "fused"     plain RMSNorm sites fed by a residual: the opaque `fairsteer.rms_norm_steer` does (add +) RMSNorm + steering in one
-              call. The default on CUDA (the Triton kernel) and on CPU in eager mode with fp32 weights: there
+  "fused"     plain RMSNorm sites fed by a residual: the opaque `fairsteer.rms_norm_steer` does add + RMSNorm +
+              steering in one call. The default on CUDA (the Triton kernel) and on CPU in eager mode with fp32 weights: there
               vLLM's RMSNorm is its "native" torch code (vllm.ir.ops), which `steering_kernels`' CPU norm
               repeats op for op (same bits, tested against vLLM's module), minus vLLM's per-call IR dispatch.
   "inline"    CPU under torch.compile: `steer_ref`'s tensor ops in the traced graph, reading the per-token
-              buffers; Inductor fuses them into the norm's own loop (no fp contraction, so the reference's
+              buffers, compiled by Inductor with the norm around them (no fp contraction, so the reference's
               bits), where an opaque op would cost a call and several passes per site.
-Strength 0 is bit-identical to plain vLLM in every mode. FAIRSTEER_FUSED_NORM=1 forces "fused" on plain RMSNorm
+Strength 0 is bit-identical to plain vLLM in every default choice (forcing "fused" on CPU with bf16/fp16 may
+round unlike vLLM's norm). FAIRSTEER_FUSED_NORM=1 forces "fused" on plain RMSNorm
 sites, =0 forbids it ("separate" or, on CPU under torch.compile, "inline"); unset picks as above.
 """
 
