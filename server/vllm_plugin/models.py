@@ -18,7 +18,7 @@ How a steered norm runs (`site_op`, chosen once per site; bench/README.md has th
   "fused"     plain RMSNorm sites fed by a residual: the opaque `fairsteer.rms_norm_steer` does add + RMSNorm +
               steering in one call. The default on CUDA (the Triton kernel) and on CPU in eager mode with fp32 weights: there
               vLLM's RMSNorm is its "native" torch code (vllm.ir.ops), which `steering_kernels`' CPU norm
-              repeats op for op (same bits, tested against vLLM's module), minus vLLM's per-call IR dispatch.
+              repeats op for op (same bits, tested against vLLM's module) at the same cost.
   "inline"    CPU under torch.compile: `steer_ref`'s tensor ops in the traced graph, reading the per-token
               buffers, compiled by Inductor with the norm around them (no fp contraction, so the reference's
               bits), where an opaque op would cost a call and several passes per site.
