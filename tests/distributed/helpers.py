@@ -74,6 +74,7 @@ def check_replace_under_load(server, model: str, folder: Path, jobs: int, seed: 
     versions = {n: io.load(folder / f"{n}.safetensors").version for n in ("A", "B")}
     assert admin(server, "PUT", "hot", file="A.safetensors").status_code == 200
     load = [j for j in make_jobs(jobs, ["hot"], seed=seed) if j.adapter == "hot" and not j.hang_up]
+    load *= 4  # long enough to overlap all 12 changes on a fast machine too (one pass took 1.4 s)
 
     async def references():
         table = {}
@@ -92,7 +93,7 @@ def check_replace_under_load(server, model: str, folder: Path, jobs: int, seed: 
         async with httpx.AsyncClient(base_url=server.url, timeout=120,
                                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
             for i in range(4):
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.1)
                 for method, name, file in (("PUT", "hot", ("B", "A")[i % 2] + ".safetensors"),
                                            ("PUT", "extra", "B.safetensors"), ("DELETE", "extra", None)):
                     r = await c.request(method, f"/v1/admin/adapters/{name}", json={"file": file} if file else None)

