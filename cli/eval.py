@@ -126,16 +126,16 @@ def run(args) -> int:
                      specs.items()}},
         "eval_minutes": minutes_since(started), "peak_rss_mb": round(peak_rss_mb())}
     path = report.write(result, args.out, header)
+    methods = report.group(result["rows"])
     if args.write_calibration:
-        methods = report.group(result["rows"])
         for label, (file, spec) in specs.items():
             table = report.calibration(methods[label])
             io.save(replace(spec, meta=replace(spec.meta, calibration=table)), file)
             print(f"calibration of {len(table)} strengths written into {file} (version {spec.version})")
-    _print_summary(report.group(result["rows"]))
-    _print_accuracy(report.group(result["rows"]))
-    _print_acceptance(report.group(result["rows"]))
-    _print_targets(report.group(result["rows"]))
+    _print_summary(methods)
+    _print_accuracy(methods)
+    _print_acceptance(methods)
+    _print_targets(methods)
     print(f"wrote {path} and {path.parent / 'tradeoff.png'} in {header['eval_minutes']} min, "
           f"peak memory {header['peak_rss_mb']} MB")
     return 0
