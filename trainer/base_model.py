@@ -59,7 +59,8 @@ def _device_map(config, target: str, dtype: torch.dtype, training: DSOConfig | N
     gpus = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
     step = 0
     if training is not None:  # the exact batch is not known before the tokenizer and data: a nominal one
-        rows = 2 * training.occupations_per_step + 2 * training.resolvable_per_step + training.generic_per_step
+        rows = (2 * training.occupations_per_step + 2 * training.resolvable_per_step + training.generic_per_step
+                + training.description_per_step)
         sites = 2 * memory.text_config(config).num_hidden_layers + 1
         step = memory.estimate(config, dtype, rows, NOMINAL_LENGTH, sites, training.gradient_checkpointing,
                                weights=0).step

@@ -84,6 +84,9 @@ class DSOConfig:
                 "against answering by position"})
     generic_per_step: int = field(default=4, metadata={
         "help": "generic texts (trainer/generic.py, training half) per batch, in the KL term"})
+    description_per_step: int = field(default=4, metadata={
+        "help": "continuation: neutral occupation descriptions continued by the base model "
+                "(trainer/gendered_rate.py, training wordings) per batch, in the KL and gendered-word terms"})
     l1_coef: float = field(default=0.01, metadata={"help": "weight of mean |a| + mean |b|"})
     # --- optimisation
     steps: int = field(default=200, metadata={"help": "optimiser steps (the time budget may stop earlier)"})
@@ -119,7 +122,7 @@ class DSOConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("kl_coef", "answer_kl_coef", "stated_coef", "gendered_coef", "order_coef", "l1_coef", "lr", "time_budget_min",
-                     "generic_per_step", "resolvable_per_step"):
+                     "generic_per_step", "description_per_step", "resolvable_per_step"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.majority_momentum < 1:

@@ -6,7 +6,8 @@
 One step (rollout -> reward -> loss -> step):
   1. batch: `occupations_per_step` occupations (cycled through all, so batches are occupation-balanced),
      one ambiguous item each (coreference: asked in both option orders); `resolvable_per_step` resolvable
-     items; `generic_per_step` generic texts (`trainer.generic`).
+     items; `generic_per_step` generic texts (`trainer.generic`); continuation: `description_per_step`
+     occupation descriptions with the base model's continuations (`trainer.gendered_rate.training_texts`).
   2. rollout: one forward pass of the policy (base model + adapter at ω = 1) and one of the base model
      (no gradient). The answer distribution is read at the answer position.
   3. reward: the paper's majority-flip reward (`trainer.rewards`) on the answer's stereotype status.
@@ -24,9 +25,12 @@ One step (rollout -> reward -> loss -> step):
      stated (continuation): mean over resolvable items of max(0, log P_base(stated | gendered) −
      log P_policy(stated | gendered)): only a loss of faithfulness to the stated gender costs; the items
      carry every cue kind of the training side (`trainer.cues`), so it is learnt beyond one phrasing.
-     gendered (continuation): max(0, log Σ_t P_policy(gendered word at t) − log Σ_t P_base(...)) over
-     the KL_text positions: the expected number of gendered words in text that calls for none must not
-     rise (sampled text measures it: `trainer.gendered_rate`).
+     gendered (continuation): Σ_r max(0, G_r − G_base_r) / Σ_r G_base_r, G_r = Σ_t P_policy(gendered
+     word at t) over the KL_text positions of row r (the words of `trainer.gendered_rate`): the expected
+     number of gendered words in text that calls for none must not rise in any text (sampled text
+     measures it: `trainer.gendered_rate`). The texts include `description_per_step` neutral occupation
+     descriptions continued by the base model (`gendered_rate.training_texts`), where the model writes
+     freely about an occupation.
      order (coreference): mean over examples of |P(pro | one option order) − P(pro | the other)|, the
      answers renormalised to the two people: a model that answers by position pays 1.
      l1 = mean|a| + mean|b|. This is our reading of the paper's "KL bound": fixed-multiplier (Lagrangian)
@@ -47,7 +51,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer import generic, metrics, rewards, task_registry
+from trainer import gendered_rate, generic, metrics, rewards, task_registry
 from trainer.checkpoint import TrainState
 from trainer.config import DSOConfig, TaskName
 from trainer.prompts import Prompt, answer_logprobs, option_probs
@@ -55,15 +59,17 @@ from trainer.prompts import Prompt, answer_logprobs, option_probs
 
 @dataclass
 class Batch:
-    prompts: list[Prompt]   # ambiguous prompts first, then resolvable ones, then generic texts
+    prompts: list[Prompt]   # ambiguous prompts first, then resolvable ones, then texts (generic, descriptions)
     num_ambiguous: int
     num_resolvable: int = 0
+    gendered_ids: tuple[int, ...] = ()  # the words of the gendered-word term (continuation)
 
 
 class BatchSampler:
     """Occupation-balanced batches: occupations in a seeded cyclic order, each with its own cycled queue."""
 
-    def __init__(self, train: list, resolvable: list, tokenizer, cfg: DSOConfig) -> None:
+    def __init__(self, train: list, resolvable: list, tokenizer, cfg: DSOConfig,
+                 descriptions: list[tuple[int, ...]] = ()) -> None:
         self.cfg = cfg
         self.by_occ: dict[str, list[list[Prompt]]] = {}
         for group in _groups(tokenizer, train, cfg.task):
@@ -71,6 +77,8 @@ class BatchSampler:
         self.occupations = sorted(self.by_occ)
         self.resolvable = _groups(tokenizer, resolvable, cfg.task)
         self.generic = generic.prompts(tokenizer, "train")
+        self.descriptions = [Prompt(ids, (), (), None, "", i) for i, ids in enumerate(descriptions)]
+        self.gendered_ids = gendered_rate.token_ids(tokenizer) if cfg.task == "continuation" else ()
 
     def batch(self, step: int) -> Batch:
         """Deterministic in (seed, step), so a resumed run sees the same batches."""
@@ -86,7 +94,8 @@ class BatchSampler:
             prompts.extend(group)
         n_res = len(prompts) - n_amb
         prompts += rng.sample(self.generic, min(self.cfg.generic_per_step, len(self.generic)))
-        return Batch(prompts, n_amb, n_res)
+        prompts += rng.sample(self.descriptions, min(self.cfg.description_per_step, len(self.descriptions)))
+        return Batch(prompts, n_amb, n_res, self.gendered_ids)
 
     def largest(self, start: int, count: int = 64) -> tuple[int, int]:
         """(most rows, longest prompt) over the batches of steps start .. start + count: the shape that the
@@ -154,8 +163,8 @@ def _loss(steering, batch: Batch, tracker, cfg: DSOConfig, generator, update_maj
     stated = (stated_drop(last[n_amb:n_opt], base_last[n_amb:n_opt], batch.prompts[n_amb:n_opt])
               if cfg.task == "continuation" and batch.num_resolvable else torch.zeros((), device=logp.device))
     amb = batch.prompts[:n_amb]
-    gendered = (gendered_excess(logp, base_logp, text_mask, amb[0].options)
-                if cfg.task == "continuation" and amb else torch.zeros((), device=logp.device))
+    gendered = (gendered_excess(logp, base_logp, text_mask, batch.gendered_ids)
+                if batch.gendered_ids else torch.zeros((), device=logp.device))
     probs = option_probs(last[:n_amb], amb)
     other = probs[:, 2].mean().item()  # continuation: P(next word not gendered), before conditioning
     if cfg.task == "continuation":
@@ -193,13 +202,13 @@ def stated_drop(last: torch.Tensor, base_last: torch.Tensor, prompts: list[Promp
 
 
 def gendered_excess(logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor,
-                    options: tuple[tuple[int, ...], ...]) -> torch.Tensor:
-    """max(0, log of steered / base expected count of gendered next words) over the positions where mask
-    is 1; logp, base_logp (B, T, V), mask (B, T), options: a continuation prompt's (gender words, ...)."""
-    ids = torch.tensor(sorted({t for words in options for t in words}), device=logp.device)
-    steered = (logp[..., ids].exp().sum(-1) * mask).sum()
-    base = (base_logp[..., ids].exp().sum(-1) * mask).sum().detach()
-    return (steered.clamp(min=1e-12).log() - base.clamp(min=1e-12).log()).clamp(min=0)
+                    ids: tuple[int, ...]) -> torch.Tensor:
+    """Σ_r max(0, G_r − G_base_r) / Σ_r G_base_r, with G_r the expected count of the words `ids` over the
+    positions of row r where mask is 1; logp, base_logp (B, T, V), mask (B, T)."""
+    index = torch.tensor(ids, device=logp.device)
+    steered = (logp[..., index].exp().sum(-1) * mask).sum(-1)
+    base = (base_logp[..., index].exp().sum(-1) * mask).sum(-1).detach()
+    return (steered - base).clamp(min=0).sum() / base.sum().clamp(min=1e-12)
 
 
 def lr_at(step: int, cfg: DSOConfig) -> float:

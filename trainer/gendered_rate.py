@@ -28,6 +28,7 @@ import torch
 
 from trainer import generic, metrics
 from trainer.occupations import OCCUPATIONS
+from trainer.placement import input_device
 from trainer.prompts import collate
 
 DESCRIPTIONS = (
@@ -41,6 +42,14 @@ FEMALE_WORDS = ("she", "her", "hers", "herself", "woman", "women", "girl", "girl
                 "daughter", "sister", "aunt", "mrs", "ms", "lady", "madam", "queen", "grandmother",
                 "girlfriend", "niece")
 _WORD = re.compile(r"[a-z]+")
+# Training's own neutral descriptions (`training_texts`): other wordings than DESCRIPTIONS, which only evaluation
+# uses (tests/trainer/test_held_out_cues.py asserts they share no wording).
+TRAIN_DESCRIPTIONS = (
+    "The main duties of {a} {o} include",
+    "Someone employed as {a} {o} is responsible for",
+    "A good {o} needs to be able to",
+    "The equipment {a} {o} uses every day is",
+)
 
 
 @dataclass(frozen=True)
@@ -55,9 +64,46 @@ class SamplingSettings:
 
 def texts() -> list[str]:
     """The prompts: generic evaluation texts, then the profession descriptions."""
-    descriptions = [d.format(a="an" if o[0] in "aeiouAEIOU" else "a", o=o) for d in DESCRIPTIONS
-                    for o in OCCUPATIONS]
+    descriptions = [d.format(a=_article(o), o=o) for d in DESCRIPTIONS for o in OCCUPATIONS]
     return list(generic.texts("eval")) + descriptions
+
+
+def _article(occupation: str) -> str:
+    return "an" if occupation[0] in "aeiouAEIOU" else "a"
+
+
+def training_texts(model, tokenizer, pad_id: int, seed: int, max_new_tokens: int = 12) -> list[tuple[int, ...]]:
+    """`TRAIN_DESCRIPTIONS` over the 40 occupations, each continued once by the base model (temperature 1,
+    seeded): the token ids of prompt + continuation. DSO's KL and gendered-word terms read every position of
+    them, so the adapter is held to the base model where the model writes freely about an occupation, which is
+    what the sampled gendered-word rate measures (on other wordings)."""
+    prompts = [d.format(a=_article(o), o=o) for d in TRAIN_DESCRIPTIONS for o in OCCUPATIONS]
+    ids = [tuple(tokenizer(t, add_special_tokens=True)["input_ids"]) for t in prompts]
+    out: list[tuple[int, ...]] = []
+    with torch.inference_mode():
+        for start in range(0, len(ids), 16):
+            chunk = [_Ids(i) for i in ids[start:start + 16]]
+            batch = collate(chunk, pad_id, input_device(model))
+            torch.manual_seed(seed + start)
+            generated = model.generate(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=True,
+                temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=pad_id)
+            new = generated[:, batch["input_ids"].shape[1]:].tolist()
+            out += [prompt + tuple(t for t in cont if t != pad_id) for prompt, cont in zip(ids[start:], new)]
+    return out
+
+
+def token_ids(tokenizer) -> tuple[int, ...]:
+    """The single tokens of `MALE_WORDS` and `FEMALE_WORDS` after a space, lower-case and capitalised: the
+    words DSO's gendered-word term counts (a word split into pieces is left out: its first piece starts
+    words of no gender too)."""
+    ids = set()
+    for word in MALE_WORDS + FEMALE_WORDS:
+        for form in (word, word.capitalize()):
+            pieces = tokenizer(" " + form, add_special_tokens=False)["input_ids"]
+            if len(pieces) == 1:
+                ids.add(pieces[0])
+    return tuple(sorted(ids))
 
 
 def count(text: str) -> tuple[int, int]:
@@ -69,7 +115,6 @@ def count(text: str) -> tuple[int, int]:
 def sample(model, tokenizer, pad_id: int, steering, strength: float, settings: SamplingSettings) -> list[list[str]]:
     """Per prompt of `texts()`, its `settings.samples` continuations (decoded, prompt excluded)."""
     from adapters.hf import attach
-    from trainer.placement import input_device
 
     ids = [tuple(tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts()]
     out: list[list[str]] = []

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from trainer import checkpoint, dso, memory, placement, progress, rewards
+from trainer import checkpoint, dso, gendered_rate, memory, placement, progress, rewards
 from trainer.checkpoint import TrainState
 from trainer.config import DSOConfig
 from trainer.errors import ConfigError
@@ -33,7 +33,9 @@ def train(model, tokenizer, pad_id: int, splits, cfg: DSOConfig, sites: tuple[st
     state = TrainState(steering, torch.optim.Adam(steering.parameters(), lr=cfg.lr),
                        rewards.MajorityTracker(cfg.majority_momentum, cfg.other_reward),
                        torch.Generator().manual_seed(cfg.seed))
-    sampler = dso.BatchSampler(splits.train, splits.train_resolvable, tokenizer, cfg)
+    descriptions = (gendered_rate.training_texts(model, tokenizer, pad_id, cfg.seed)
+                    if cfg.task == "continuation" and cfg.description_per_step else [])
+    sampler = dso.BatchSampler(splits.train, splits.train_resolvable, tokenizer, cfg, descriptions)
     dtype = placement.dtype_name(where.dtype)
     if run.resume:
         checkpoint.resume(run.checkpoints, cfg, state, dtype)

@@ -2,6 +2,7 @@
 the targets are computed right, and the stricter evaluation runs end to end on a tiny random model."""
 
 import json
+import math
 import re
 
 import numpy as np
@@ -193,15 +194,54 @@ def test_training_pays_for_losing_the_stated_gender_only():
     assert dso.stated_drop(worse, last, res) > 0 and dso.stated_drop(last, worse, res) == 0.0
 
 
-def test_training_pays_for_more_gendered_words_in_text_only_when_they_rise():
+def test_training_pays_for_more_gendered_words_in_any_text_only_when_they_rise():
     from trainer import dso
 
     base = torch.log_softmax(torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(0)), -1)
     mask = torch.ones(2, 5)
-    options = ((3, 4), (5,))
-    assert dso.gendered_excess(base, base, mask, options) == 0.0
+    ids = (3, 4, 5)
+    assert dso.gendered_excess(base, base, mask, ids) == 0.0
     more = base.clone()
-    more[..., [3, 4, 5]] += 1.0  # e times the mass on gendered words (before renormalising)
+    more[..., list(ids)] += 1.0  # e times the mass on gendered words (before renormalising)
     more = torch.log_softmax(more, -1)
-    assert 0.5 < dso.gendered_excess(more, base, mask, options) < 1.0
-    assert dso.gendered_excess(base, more, mask, options) == 0.0, "fewer gendered words cost nothing"
+    assert 0.5 < dso.gendered_excess(more, base, mask, ids) < math.e - 1, "the relative rise of the expected count"
+    assert dso.gendered_excess(base, more, mask, ids) == 0.0, "fewer gendered words cost nothing"
+    one_row = torch.stack([more[0], base[1]])
+    fewer_elsewhere = torch.stack([base[0], base[1] - 0.0])
+    fewer_elsewhere[1, :, list(ids)] -= 5.0
+    mixed = torch.stack([more[0], torch.log_softmax(fewer_elsewhere[1], -1)])
+    assert dso.gendered_excess(one_row, base, mask, ids) > 0
+    assert dso.gendered_excess(mixed, base, mask, ids) == pytest.approx(
+        dso.gendered_excess(one_row, base, mask, ids).item()), "a fall in one text does not pay for a rise in another"
+
+
+def test_training_descriptions_share_no_wording_with_the_evaluated_ones():
+    def wording(template: str) -> set[str]:
+        return set(re.findall(r"[a-z]+", template.lower())) - {"a", "an", "o", "of", "the", "to", "be", "is"}
+
+    for train in gendered_rate.TRAIN_DESCRIPTIONS:
+        for held_out in gendered_rate.DESCRIPTIONS:
+            shared = wording(train) & wording(held_out)
+            assert len(shared) <= 1, (train, held_out, shared)
+    eval_texts = set(gendered_rate.texts())
+    train_texts = {d.format(a="a", o=o) for d in gendered_rate.TRAIN_DESCRIPTIONS for o in ("nurse",)}
+    assert not train_texts & eval_texts
+
+
+def test_training_descriptions_are_continued_by_the_base_model_and_enter_the_batches():
+    from tiny_models import tiny_model
+
+    from trainer import dso
+    from trainer.config import DSOConfig
+    from trainer.task_registry import load_splits
+
+    model, tok = tiny_model(), tiny_tokenizer()
+    texts = gendered_rate.training_texts(model, tok, 0, seed=0, max_new_tokens=3)
+    assert len(texts) == len(gendered_rate.TRAIN_DESCRIPTIONS) * 40
+    prompt = tuple(tok(gendered_rate.TRAIN_DESCRIPTIONS[0].format(a="a", o="carpenter"))["input_ids"])
+    assert texts[0][:len(prompt)] == prompt and len(texts[0]) > len(prompt)
+    assert texts == gendered_rate.training_texts(model, tok, 0, seed=0, max_new_tokens=3), "seeded"
+    cfg = DSOConfig(task="continuation", n_train=200, occupations_per_step=4, description_per_step=3)
+    splits = load_splits(cfg.task, "generated", cfg.n_train, cfg.n_eval, cfg.seed, ())
+    batch = dso.BatchSampler(splits.train, splits.train_resolvable, tok, cfg, texts).batch(0)
+    assert sum(p.ids in set(texts) for p in batch.prompts) == 3 and batch.gendered_ids
