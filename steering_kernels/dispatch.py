@@ -6,11 +6,12 @@
 Semantics are those of reference.py. Backends:
   "triton"  CUDA tensors, when triton imports (the default on a machine with CUDA). Host-side shape checks
             only, so a call can be captured in a CUDA graph.
-  "torch"   CPU: a fast path equal bit for bit to the reference (in-place fp32 ops in the reference's order,
-            one broadcast adapter row instead of a (T, D) gather, untouched rows skipped; from
-            COMPILED_MIN_TOKENS fp32 tokens on, the reference compiled by Inductor into one loop). It reads index
-            and strength values, which is free on CPU. CUDA tensors under "torch" use the branch-free
-            reference, so forcing "torch" on a GPU stays graph-safe.
+  "torch"   CPU: paths equal bit for bit to the reference. Below COMPILED_MIN_TOKENS tokens (decode steps) one
+            pass of a small C++ loop (cpu_kernel.py, built on first use); where it cannot be built, in-place
+            fp32 torch ops in the reference's order (one broadcast adapter row instead of a (T, D) gather,
+            untouched rows skipped). From COMPILED_MIN_TOKENS fp32 tokens on, the reference compiled by Inductor
+            into one loop. It reads index and strength values, which is free on CPU. CUDA tensors under "torch"
+            use the branch-free reference, so forcing "torch" on a GPU stays graph-safe.
 Override with FAIRSTEER_KERNEL=torch|triton (triton on CPU tensors then needs TRITON_INTERPRET=1), or in tests
 with `use_backend(...)`. Outputs are always new tensors, never views of an input.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from steering_kernels import cpu_kernel
 from steering_kernels.reference import _math_dtype, rms_norm_steer_ref, steer_ref
 
 try:
@@ -174,12 +176,27 @@ def _steer_cpu(h, a, b, strength, index, may_return_input=False, plan: RowPlan |
                          f"adapters (valid 1..{a.shape[0]}, 0 = none)")
     if plan.num_steered == 0:
         return h if may_return_input else h.clone()
+    # Decode sizes: one pass of the C++ loop instead of ~6 torch ops of ~2-3 us dispatch each (bench/README.md).
+    if plan.num_tokens < COMPILED_MIN_TOKENS and _fits_cpu_kernel(h, a, b, strength, index):
+        kernel = cpu_kernel.load()
+        if kernel is not None:
+            out = h if may_return_input else torch.empty_like(h)   # h is a temporary of ours: steer it in place
+            kernel.steer_into(out, h, a, b, strength, index)
+            return out
     if plan.num_tokens >= COMPILED_MIN_TOKENS and h.dtype == torch.float32:
         return _compiled_steer_ref()(h, a, b, strength, index)
     if plan.steered is not None:
         steered = _steer_rows(h.index_select(0, plan.steered), a, b, plan.strength, plan.adapter)
         return h.clone().index_copy_(0, plan.steered, steered)
     return _steer_rows(h, a, b, plan.strength, plan.adapter, plan.untouched)
+
+
+def _fits_cpu_kernel(h, a, b, strength, index) -> bool:
+    """The dtypes and layouts the C++ loop takes (cpu_kernel.py); anything else (fp64, views) takes the torch ops."""
+    tables = a.dtype == b.dtype == torch.float32 and a.is_contiguous() and b.is_contiguous()
+    tokens = strength.dtype == torch.float32 and strength.is_contiguous() and (
+        index is None or (index.dtype in (torch.int32, torch.int64) and index.is_contiguous()))
+    return h.dtype in cpu_kernel.DTYPES and h.is_contiguous() and tables and tokens
 
 
 def _steer_rows(h, a, b, strength, adapter, untouched=None):

@@ -56,7 +56,7 @@ from server.engine_boundary import (
 )
 from server.vllm_plugin.processor import PROCESSOR_FQCN
 from server.vllm_plugin.state import STATE
-from steering_kernels import steer_ref
+from steering_kernels import load_cpu_kernel, steer_ref
 
 SiteOp = Literal["separate", "fused", "inline"]
 
@@ -165,6 +165,8 @@ def install_steering(model: nn.Module, vllm_config) -> None:
         _steer_module(norm, a, b, compiled)
         local.append(site)
     model.fairsteer_sites = tuple(local)  # the sites this process steers (its pipeline stage's)
+    if device.type == "cpu":
+        load_cpu_kernel()  # build it (~15 s once per machine) at start-up, not in the first steered step
 
 
 def local_norm(model: nn.Module, base_arch: str, site: str) -> nn.Module | None:
