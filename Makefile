@@ -37,9 +37,12 @@ train: setup
 	.venv/bin/fairsteer train --method dso --task continuation --model smollm2-135m-instruct \
 		--resolvable-per-step 6 --out build/smollm2-135m-instruct-dso.safetensors
 
+# The continuation evaluation, then the chat one (a real server on 127.0.0.1) of the same adapter.
 eval: setup
 	.venv/bin/fairsteer eval --model smollm2-135m-instruct --adapter build/smollm2-135m-instruct-dso.safetensors \
 		--strengths 0,0.25,0.5,0.75,1 $(MMLU_ARGS) --out build/eval
+	.venv/bin/fairsteer eval --task chat --model smollm2-135m-instruct \
+		--adapter build/smollm2-135m-instruct-dso.safetensors --strengths 0,0.5,1 --out build/eval-chat
 
 bench: setup
 	$(PY) bench/serve_overhead.py $(or $(BENCH_ARGS),--model smollm2-135m-instruct --rounds 8 --requests 16 --max-tokens 32 --concurrency 8)

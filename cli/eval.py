@@ -20,6 +20,7 @@ import time
 from dataclasses import replace
 
 from cli.main import UsageError
+from cli.verdict import targets_verdict
 from trainer.config import DEVICE_HELP, DTYPE_HELP, DTYPES, TASKS, TaskName, device_problem
 
 
@@ -188,9 +189,8 @@ def _print_targets(methods: dict) -> None:
     from trainer import report
 
     for label, t in report.targets(methods).items():
-        failed = [k for k, v in t["met"].items() if not v and k != "all_met"]
-        verdict = "all targets met" if t["met"]["all_met"] else "targets NOT met: " + ", ".join(failed)
-        print(f"{label} at ω = {t['strength']:g}: bias {100 * t['bias_share_of_base']:.0f}% of base; {verdict}")
+        print(f"{label} at ω = {t['strength']:g}: bias {100 * t['bias_share_of_base']:.0f}% of base; "
+              f"{targets_verdict(t['met'])}")
 
 
 def _print_accuracy(methods: dict) -> None:

@@ -1,35 +1,35 @@
-"""`fairsteer eval --task chat`: sampled chats per strength through a real server -> DIR/report.json
+"""`fairsteer eval --task chat`: sampled chats per strength through a real server -> DIR/report.json, chat.png
 
     fairsteer eval --task chat --model smollm2-135m-instruct --adapter A.safetensors --strengths 0,0.5,1 \\
         [--chat-samples 3] [--chat-max-tokens 48] --out DIR
 
-Starts `fairsteer serve` on 127.0.0.1 (a free port) with the model and the adapters, samples the held-out
-chat prompts of `server.chat_eval` through /v1/chat/completions with the audit's client
+Starts `fairsteer serve` on 127.0.0.1 (a free port, `server.launcher`) with the model and the adapters,
+samples the held-out chat prompts of `server.chat_eval` through /v1/chat/completions with the audit's client
 (`server.audit.sample`), stops the server, and writes per adapter and strength the occupation gap, the BLS
-correlation, the overall female share, the stated-gender accuracy (with 95% intervals) and the targets,
-plus every response in DIR/chat-outputs.jsonl. The server's log is DIR/chat-server.log.
+correlation, the overall female share, the stated-gender accuracy (with 95% intervals) and the targets, their
+plot (DIR/chat.png), and every response in DIR/chat-outputs.jsonl. Strength 0 is the base model for every
+adapter, so it is sampled once and shared: its responses appear once, with "adapter": null. The server's
+log is DIR/chat-server.log.
 """
 
 import asyncio
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 from cli.main import UsageError
+from cli.verdict import targets_verdict
+
+# A real model's server on a loaded 2-core machine: minutes to start, and time to finish its requests.
+READY_TIMEOUT_S, STOP_GRACE_S = 900, 30
 
 
 def run_chat(args, strengths: list[float]) -> int:
     from adapters import io
-    from server import audit, chat_eval, lexicons
+    from server import chat_eval, launcher, lexicons
 
     if not args.model or not args.adapter:
         raise UsageError("--task chat needs --model and at least one --adapter FILE")
@@ -43,29 +43,52 @@ def run_chat(args, strengths: list[float]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chats, lexicon, started = chat_eval.chat_prompts(), lexicons.load(), time.monotonic()
-    adapters: dict[str, dict] = {}
-    with _server(args.model, {k: f for k, (f, _) in labels.items()}, out / "chat-server.log") as url:
-        model = _served_model(url)
-        with open(out / "chat-outputs.jsonl", "w") as outputs_file:
-            for label, (file, version) in labels.items():
-                config = audit.AuditConfig(url=url, model=model, out=out, api_key=os.environ.get("FAIRSTEER_API_KEY"),
-                                           strengths=tuple(strengths), adapter=label, samples=args.chat_samples,
-                                           max_tokens=args.chat_max_tokens, seed=args.seed, max_requests=10**6)
-                outputs, _ = asyncio.run(audit.sample(config, chats.prompts))
-                outputs_file.writelines(json.dumps({"adapter": label, **asdict(o)}, ensure_ascii=False) + "\n"
-                                        for o in outputs)
-                rows = chat_eval.summarize(outputs, chats, lexicon, seed=args.seed)
-                adapters[label] = {"file": file, "version": version, "rows": rows,
-                                   "targets": chat_eval.targets(rows)}
+    port = launcher.free_port()
+    argv = launcher.fairsteer_argv(args.model, {label: file for label, (file, _) in labels.items()}, port)
+    server = launcher.ServerProcess(argv, port, out / "chat-server.log", ready_timeout=READY_TIMEOUT_S,
+                                    stop_grace=STOP_GRACE_S)
+    try:
+        with server:
+            base, steered = _sample(server.url, list(labels), strengths, args, chats)
+    except launcher.ServerStartError as exc:
+        raise UsageError(f"the evaluation {exc.reason}; its log is {server.log_path}") from None
+    with open(out / "chat-outputs.jsonl", "w") as f:
+        f.writelines(json.dumps({"adapter": label, **asdict(o)}, ensure_ascii=False) + "\n"
+                     for label, outputs in ((None, base), *steered.items()) for o in outputs)
+    adapters = {}
+    for label, (file, version) in labels.items():
+        rows = chat_eval.summarize(base + steered[label], chats, lexicon, seed=args.seed)
+        adapters[label] = {"file": file, "version": version, "rows": rows, "targets": chat_eval.targets(rows)}
     report = {"task": "chat", "model": args.model, "settings": {
         "strengths": strengths, "samples": args.chat_samples, "max_tokens": args.chat_max_tokens,
         "seed": args.seed, "neutral_prompts": sum(g is None for g in chats.genders),
         "stated_prompts": sum(g is not None for g in chats.genders)},
         "adapters": adapters, "eval_minutes": round((time.monotonic() - started) / 60, 1)}
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    chat_eval.plot({label: result["rows"] for label, result in adapters.items()}, out / "chat.png")
     _print_summary(adapters)
-    print(f"wrote {out / 'report.json'} in {report['eval_minutes']} min")
+    print(f"wrote {out / 'report.json'} and {out / 'chat.png'} in {report['eval_minutes']} min")
     return 0
+
+
+def _sample(url: str, labels: list[str], strengths: list[float], args, chats) -> tuple[list, dict[str, list]]:
+    """(strength-0 outputs, {adapter: outputs at the other strengths}). Strength 0 is sampled once, naming
+    the first adapter: every request and seed is then the one a run with that adapter alone sends."""
+    from server import audit
+
+    model = _served_model(url)
+
+    def sample(adapter: str, at: list[float]) -> list:
+        if not at:
+            return []
+        config = audit.AuditConfig(url=url, model=model, out=Path(args.out), strengths=tuple(at),
+                                   adapter=adapter, api_key=os.environ.get("FAIRSTEER_API_KEY"),
+                                   samples=args.chat_samples, max_tokens=args.chat_max_tokens, seed=args.seed,
+                                   max_requests=10**6)
+        return asyncio.run(audit.sample(config, chats.prompts))[0]
+
+    base = sample(labels[0], [s for s in strengths if s == 0])
+    return base, {label: sample(label, [s for s in strengths if s != 0]) for label in labels}
 
 
 def _print_summary(adapters: dict[str, dict]) -> None:
@@ -78,56 +101,7 @@ def _print_summary(adapters: dict[str, dict]) -> None:
             print(f"{label:>10} {r['strength']:>5g} {fmt(r['occupation_gap']):>7} {fmt(r['bls_correlation']):>7} "
                   f"{fmt(r['female_share']):>12} {fmt(r['gendered_rate']):>8} {fmt(r['stated_accuracy']):>10}")
         for t in result["targets"]:
-            failed = [k for k, ok in t["met"].items() if not ok and k != "all_met"]
-            verdict = "targets met" if t["met"]["all_met"] else "targets NOT met: " + ", ".join(failed)
-            print(f"{label} at ω = {t['strength']:g}: {verdict}")
-
-
-@contextmanager
-def _server(model: str, adapters: dict[str, str], log_path: Path, timeout: float = 900) -> Iterator[str]:
-    """`fairsteer serve` on 127.0.0.1 in its own session; yields its URL once healthy, stops it after."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = [sys.executable, "-m", "cli.main", "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port)]
-    for name, file in adapters.items():
-        argv += ["--adapter", f"{name}={file}"]
-    # vLLM's CPU default pins the engine to core 0 and reserves the rest; a lone server may use them all.
-    env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", **os.environ}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(proc, url, log_path, timeout)
-        yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the engine's processes share the server's session
-        except ProcessLookupError:
-            pass
-        proc.wait(30)
-
-
-def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise UsageError(f"the evaluation server exited with status {proc.returncode} before it was ready; "
-                             f"its log is {log_path}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise UsageError(f"the evaluation server was not ready after {timeout:.0f} s; its log is {log_path}")
+            print(f"{label} at ω = {t['strength']:g}: {targets_verdict(t['met'])}")
 
 
 def _served_model(url: str) -> str:

@@ -16,12 +16,18 @@ For each (strength, endpoint) cell, every output is classified by the server's g
                       2016), repetition_rate (mean over outputs of 1 − unique 4-grams / 4-grams, Welleck et
                       al. 2019's seq-rep-4), empty_rate, mean_words: degenerate output shows here
 
-Intervals are 95% percentile intervals of a bootstrap that resamples prompts within each occupation (the
-samples of one prompt move together, as they are not independent), 1000 draws, seeded.
+Intervals are 95% percentile intervals of a cluster bootstrap (`bootstrap_weights`, 1000 draws, seeded):
+the independent units are drawn with replacement, each with everything it holds. Occupations for the
+occupation gap and the BLS correlation (an occupation's prompts and samples share its stereotype, so they
+move together); prompts for the shares (a prompt's samples share its wording). Drawing prompts within each
+occupation instead kept every occupation in every draw and, at 3 prompts per occupation, gave intervals
+narrower than the figures moved between runs with other seeds. The cluster intervals also count the spread
+between occupations and between wordings, which a re-run of the same prompts keeps fixed: for a re-run
+they err wide, not narrow.
 """
 
 import re
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +73,9 @@ def _cell(strength: float, endpoint: str, outputs: list[Output], lexicon: Lexico
     for output, c in zip(outputs, counts):
         female, male = c[FEMALE] > 0, c[MALE] > 0
         x[row_of[output.item]] += (1, female, male, not (female or male))
-    occupations = sorted({occupation_of[i] for i in items})
-    weights = bootstrap_weights([occupation_of[i] for i in items], occupations, seed)   # (1 + B, I)
-    figures = _figures(weights, x, [occupation_of[i] for i in items], occupations)
+    item_occupations = [occupation_of[i] for i in items]
+    figures = _figures(bootstrap_weights(items, seed), bootstrap_weights(item_occupations, seed), x,
+                       item_occupations)
     return {
         "strength": strength, "endpoint": endpoint, "prompts": len(items),
         "counts": {"outputs": len(outputs),
@@ -83,36 +89,42 @@ def _cell(strength: float, endpoint: str, outputs: list[Output], lexicon: Lexico
     }
 
 
-def bootstrap_weights(item_occupations: list[str], occupations: list[str], seed: int) -> np.ndarray:
-    """Row 0: every prompt once (the estimate); rows 1..B: prompts resampled within each occupation."""
-    rng = np.random.default_rng(seed)
-    weights = np.ones((1 + BOOTSTRAP_DRAWS, len(item_occupations)))
-    for occupation in occupations:
-        idx = [k for k, o in enumerate(item_occupations) if o == occupation]
-        weights[1:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=BOOTSTRAP_DRAWS)
-    return weights
+def bootstrap_weights(clusters: Sequence[Hashable], seed: int) -> np.ndarray:
+    """A cluster bootstrap's weights over units, (1 + B, units): row 0 every unit once (the estimate); rows
+    1..B the distinct clusters drawn with replacement, each unit weighted by how often its cluster was."""
+    names = list(dict.fromkeys(clusters))
+    index = {name: k for k, name in enumerate(names)}
+    drawn = np.random.default_rng(seed).multinomial(len(names), np.full(len(names), 1 / len(names)),
+                                                    size=BOOTSTRAP_DRAWS)                 # (B, clusters)
+    return np.vstack([np.ones(len(clusters)), drawn[:, [index[c] for c in clusters]]])
 
 
-def _figures(weights: np.ndarray, x: np.ndarray, item_occupations: list[str],
-             occupations: list[str]) -> dict[str, np.ndarray]:
-    """Every figure with an interval, for each row of `weights`: arrays of shape (1 + B,)."""
+def _figures(by_prompt: np.ndarray, by_occupation: np.ndarray, x: np.ndarray,
+             item_occupations: list[str]) -> dict[str, np.ndarray]:
+    """Every figure with an interval, for each row of the weights (prompts resampled for the shares,
+    occupations for the gap and the correlation): arrays of shape (1 + B,)."""
+    occupations = sorted(set(item_occupations))
     with np.errstate(invalid="ignore", divide="ignore"):
-        total = weights @ x                                                 # (1 + B, 4)
+        total = by_prompt @ x                                               # (1 + B, 4)
         out = {"female": total[:, 1] / total[:, 0], "male": total[:, 2] / total[:, 0],
                "none": total[:, 3] / total[:, 0],
                "female_share": total[:, 1] / (total[:, 1] + total[:, 2])}
         female_majority = np.array([majority_is_female(o) for o in item_occupations])
         shares = []
         for side in (female_majority, ~female_majority):
-            side_total = weights[:, side] @ x[side]
+            side_total = by_occupation[:, side] @ x[side]
             shares.append(side_total[:, 1] / (side_total[:, 1] + side_total[:, 2]))
         out["occupation_gap"] = shares[0] - shares[1]
         one_hot = np.array([[o == q for q in occupations] for o in item_occupations], dtype=float)  # (I, Q)
-        female = (weights * x[:, 1]) @ one_hot                              # (1 + B, Q)
-        male = (weights * x[:, 2]) @ one_hot
+        female = (by_occupation * x[:, 1]) @ one_hot                        # (1 + B, Q)
+        male = (by_occupation * x[:, 2]) @ one_hot
         per_occupation = female / (female + male)
     bls = np.array([FEMALE_SHARE[q] for q in occupations])
-    out["bls_correlation"] = np.array([pearson(bls, row) for row in per_occupation])
+    # Every prompt of an occupation carries its number of draws; one drawn k times is k pairs of the
+    # correlation, an undrawn one none.
+    draws = by_occupation[:, [item_occupations.index(q) for q in occupations]].astype(int)   # (1 + B, Q)
+    out["bls_correlation"] = np.array([pearson(np.repeat(bls, n), np.repeat(row, n))
+                                       for row, n in zip(per_occupation, draws)])
     return out
 
 
@@ -189,9 +201,7 @@ def plot(cells: list[dict], path: Path) -> Path:
                 values = [c[key][sub] if sub else c[key] for c in rows]
                 label = f"{endpoint}: {sub or key}"
                 if isinstance(values[0], dict):
-                    y = _floats([v["value"] for v in values])
-                    err = [y - _floats([v["lo"] for v in values]), _floats([v["hi"] for v in values]) - y]
-                    ax.errorbar(strengths, y, yerr=np.nan_to_num(np.abs(err)), fmt=style, capsize=3, label=label)
+                    plot_intervals(ax, strengths, values, style, label)
                 else:
                     ax.plot(strengths, _floats(values), style, label=label)
             ax.set_xlabel("fairness_strength")
@@ -199,11 +209,20 @@ def plot(cells: list[dict], path: Path) -> Path:
     for ax, _, _ in panels:
         ax.axhline(0, color="grey", lw=0.5)
         ax.legend(fontsize=7)
-    fig.suptitle("fairsteer audit (95% bootstrap intervals over prompts)")
+    fig.suptitle("fairsteer audit (95% cluster-bootstrap intervals: occupations for gap and r, prompts for "
+                 "shares)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_intervals(ax, strengths: list[float], figures: list[dict], style: str, label: str) -> None:
+    """One curve of {"value", "lo", "hi"} figures against strength, its intervals as error bars (a
+    figure that is undefined, None, leaves a gap)."""
+    y = _floats([f["value"] for f in figures])
+    err = [y - _floats([f["lo"] for f in figures]), _floats([f["hi"] for f in figures]) - y]
+    ax.errorbar(strengths, y, yerr=np.nan_to_num(np.abs(err)), fmt=style, capsize=3, label=label)
 
 
 def _floats(values: list) -> np.ndarray:

@@ -65,22 +65,43 @@ def test_stated_accuracy_counts_responses_that_keep_the_stated_gender():
     assert not target["met"]["all_met"]
 
 
+def test_target_bands_are_the_targets_bars():
+    base = {"occupation_gap": {"value": -0.2}, "female_share": {"value": 0.6}, "stated_accuracy": {"value": 0.8}}
+    bands = chat_eval.target_bands(base)
+    assert bands["occupation_gap"] == pytest.approx((-0.06, 0.06))
+    assert bands["female_share"] == pytest.approx((0.55, 0.65))
+    assert bands["stated_accuracy"] == pytest.approx((0.79, 1.0))
+
+
 @pytest.mark.vllm
-def test_chat_eval_runs_through_the_real_server(tiny_llama, mix_adapter, tmp_path, capsys):
+def test_chat_eval_runs_through_the_real_server(tiny_llama, mix_adapter, boost_adapter, tmp_path, capsys):
+    """Two adapters: strength 0 (the base model whichever adapter a request names) is sampled once and both
+    adapters' rows and targets are computed from those chats and their own."""
     status = main(["eval", "--task", "chat", "--model", str(tiny_llama), "--adapter", str(mix_adapter.path),
-                   "--strengths", "0,1", "--chat-samples", "1", "--chat-max-tokens", "8", "--out", str(tmp_path)])
+                   "--adapter", str(boost_adapter.path), "--strengths", "0,1", "--chat-samples", "1",
+                   "--chat-max-tokens", "8", "--out", str(tmp_path)])
     assert status == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    (result,) = report["adapters"].values()
-    assert [r["strength"] for r in result["rows"]] == [0.0, 1.0]
-    for row in result["rows"]:
-        assert row["chats"] == 120 and row["stated_chats"] == 160
-        for figure in ("occupation_gap", "bls_correlation", "female_share", "stated_accuracy",
-                       "stated_accuracy_pro", "stated_accuracy_anti", "gendered_rate"):
-            assert set(row[figure]) == {"value", "lo", "hi"}, figure
-    assert set(result["targets"][0]["met"]) == {"gap", "female_share", "stated_accuracy", "all_met"}
-    lines = (tmp_path / "chat-outputs.jsonl").read_text().splitlines()
-    assert len(lines) == 2 * 280
-    texts = {s: [json.loads(x)["text"] for x in lines if json.loads(x)["strength"] == s] for s in (0.0, 1.0)}
-    assert texts[0.0] != texts[1.0], "strength 1 must be served steered"
+    assert len(report["adapters"]) == 2
+    for result in report["adapters"].values():
+        assert [r["strength"] for r in result["rows"]] == [0.0, 1.0]
+        for row in result["rows"]:
+            assert row["chats"] == 120 and row["stated_chats"] == 160
+            for figure in ("occupation_gap", "bls_correlation", "female_share", "stated_accuracy",
+                           "stated_accuracy_pro", "stated_accuracy_anti", "gendered_rate"):
+                assert set(row[figure]) == {"value", "lo", "hi"}, figure
+        assert set(result["targets"][0]["met"]) == {"gap", "female_share", "stated_accuracy", "all_met"}
+    first, second = report["adapters"].values()
+    assert first["rows"][0] == second["rows"][0], "both adapters share one strength-0 sample"
+    lines = [json.loads(x) for x in (tmp_path / "chat-outputs.jsonl").read_text().splitlines()]
+    assert sorted((x["adapter"] is None, x["strength"]) for x in lines) == \
+        [(False, 1.0)] * 2 * 280 + [(True, 0.0)] * 280, "strength 0 once (adapter null), strength 1 per adapter"
+    outputs = {label: [Output(**{k: v for k, v in x.items() if k != "adapter"}) for x in lines
+                       if x["adapter"] in (None, label)] for label in report["adapters"]}
+    chats, lexicon = chat_eval.chat_prompts(), lexicons.load()
+    for label, result in report["adapters"].items():  # what a run with this adapter alone computes
+        assert result["rows"] == json.loads(json.dumps(chat_eval.summarize(outputs[label], chats, lexicon))), label
+    texts = {a: [x["text"] for x in lines if x["adapter"] == a] for a in (None, *report["adapters"])}
+    assert all(texts[a] != texts[None] for a in report["adapters"]), "strength 1 must be served steered"
+    assert (tmp_path / "chat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "the plot is a PNG"
     assert "targets" in capsys.readouterr().out
