@@ -16,9 +16,10 @@ Requirements (the caller checks them and takes the torch path otherwise): h cont
 contiguous fp32 (K, D); strength contiguous fp32 (T,); out like h. The loop re-checks the index range, so a bad
 index cannot read outside the tables.
 
-The build (~1 min once per machine and source version) goes to torch's extensions folder (TORCH_EXTENSIONS_DIR,
-default ~/.cache/torch_extensions), in a folder named after the source's hash; torch's file lock there lets
-several processes start at once: one builds, the others wait and load it.
+The build (~15 s here, once per machine and version) goes to torch's extensions folder (TORCH_EXTENSIONS_DIR,
+default ~/.cache/torch_extensions), in a folder named after the hash of the source, the flags and torch's
+version; torch's file lock there lets several processes start at once: one builds, the others wait and load it.
+A lock left by a build that was killed is removed after STALE_LOCK_S.
 """
 
 import functools
@@ -26,6 +27,9 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
+import time
+from pathlib import Path
 
 import torch
 
@@ -129,6 +133,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 """
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# torch's build lock is a file that the builder removes; a builder killed mid-build leaves it, and every later
+# process would wait on it forever. A build takes ~15 s here (a minute on a loaded machine).
+STALE_LOCK_S = 600
 # Strict IEEE rounding of every step (see the module docstring); -O3 vectorises the loop.
 CFLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math"]
 
@@ -136,7 +143,7 @@ CFLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math"]
 @functools.cache
 def load():
     """The built extension module, or None (with one warning naming the reason) when it cannot be built."""
-    from torch.utils.cpp_extension import is_ninja_available, load_inline
+    from torch.utils.cpp_extension import get_default_build_root, is_ninja_available, load_inline
 
     compiler = os.environ.get("CXX", "c++")            # what torch's JIT build runs
     if shutil.which(compiler) is None:
@@ -144,9 +151,14 @@ def load():
     elif not is_ninja_available():
         reason = "ninja is not installed; `pip install ninja`"
     else:
-        digest = hashlib.sha256((SOURCE + " ".join(CFLAGS)).encode()).hexdigest()[:12]
+        # One folder per source, flags, torch and Python version: a module built for another libtorch never loads.
+        digest = hashlib.sha256(f"{SOURCE} {CFLAGS} {torch.__version__} {sys.implementation.cache_tag}".encode())
+        name = f"fairsteer_steer_cpu_{digest.hexdigest()[:12]}"
         try:
-            return load_inline(name=f"fairsteer_steer_cpu_{digest}", cpp_sources=[SOURCE], extra_cflags=CFLAGS,
+            folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
+            folder.mkdir(parents=True, exist_ok=True)
+            _remove_stale_lock(folder / "lock")
+            return load_inline(name=name, cpp_sources=[SOURCE], extra_cflags=CFLAGS, build_directory=str(folder),
                                no_implicit_headers=True, with_cuda=False)
         except (RuntimeError, OSError, ImportError) as error:   # a compile or link error, an unwritable cache
             lines = str(error).strip().splitlines() or [type(error).__name__]
@@ -154,3 +166,13 @@ def load():
     logger.warning("fairsteer: the one-pass CPU steering op could not be built (%s); CPU steering uses the torch "
                    "ops instead (same bits, slower at decode sizes)", reason)
     return None
+
+
+def _remove_stale_lock(lock: Path) -> None:
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE_LOCK_S:
+        logger.warning("fairsteer: removing %s, left %.0f s ago by a build that did not finish", lock, age)
+        lock.unlink(missing_ok=True)

@@ -43,6 +43,8 @@ class SteeringState:
         self.strength = torch.zeros(max_num_tokens, dtype=torch.float32, device=device)  # (T_max,)
         self.index = torch.zeros(max_num_tokens, dtype=torch.int32, device=device)       # (T_max,)
         self.positions = torch.arange(max_num_tokens, dtype=torch.int64, device=device)
+        self.uploads = [_RowUpload(self.row_strength_cpu, self.row_strength),
+                        _RowUpload(self.row_index_cpu, self.row_index)]
         self.ready = True
 
     # ---- rows: driven by the logits processor's update_state ----------------------------------------
@@ -69,17 +71,8 @@ class SteeringState:
         self.num_reqs = batch_size
         steered = (self.row_strength_cpu[:batch_size] != 0) & (self.row_index_cpu[:batch_size] != 0)
         self.any_steered = bool(steered.any())   # host tensors: no device read
-        self._publish(self.row_strength_cpu, self.row_strength)
-        self._publish(self.row_index_cpu, self.row_index)
-
-    def _publish(self, host: torch.Tensor, device_table: torch.Tensor) -> None:
-        if self.device.type == "cpu":
-            device_table.copy_(host)
-            return
-        # A page-locked snapshot per update, copied asynchronously: a copy from pageable memory would block
-        # the host until the stream drained (no overlap with the GPU's step). PyTorch's caching host allocator
-        # keeps the snapshot until its transfer has run, so the next update may rewrite the host table at once.
-        device_table.copy_(host.pin_memory(), non_blocking=True)
+        for upload in self.uploads:
+            upload.run()
 
     # ---- tokens: once per forward, before the (possibly compiled) decoder runs ----------------------
 
@@ -113,6 +106,35 @@ class SteeringState:
         torch.index_select(self.row_index, 0, rows, out=self.index[:num_tokens])
         if self.device.type == "cpu":  # one row plan per step, shared by every site (see steering_kernels)
             self.plan = plan_rows(self.strength[:num_tokens], self.index[:num_tokens])
+
+
+class _RowUpload:
+    """Copies one host row table into its fixed device buffer; on CUDA asynchronously, through two pinned buffers.
+
+    A copy from pageable memory would block the host until the stream drained (no overlap with the GPU's step).
+    So each update writes one page-locked buffer and queues its copy to the device; the next update writes the
+    other one, and before reusing a buffer it waits for that buffer's own copy (queued two updates earlier, so
+    normally long done): the host never rewrites memory a queued copy may still read, and nothing is allocated
+    per update. The CUDA branch has not run on a GPU yet.
+    """
+
+    def __init__(self, host: torch.Tensor, device_table: torch.Tensor) -> None:
+        self.host, self.device_table = host, device_table
+        if device_table.is_cuda:
+            self.pinned = [torch.empty(host.shape, dtype=host.dtype, pin_memory=True) for _ in range(2)]
+            self.copied = [torch.cuda.Event() for _ in range(2)]   # an event never recorded counts as done
+            self.turn = 0
+
+    def run(self) -> None:
+        if not self.device_table.is_cuda:
+            self.device_table.copy_(self.host)
+            return
+        pinned, copied = self.pinned[self.turn], self.copied[self.turn]
+        copied.synchronize()
+        pinned.copy_(self.host)
+        self.device_table.copy_(pinned, non_blocking=True)
+        copied.record()                      # on the current stream, behind the copy queued there
+        self.turn = 1 - self.turn
 
 
 STATE = SteeringState()

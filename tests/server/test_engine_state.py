@@ -47,6 +47,25 @@ def test_no_steered_row_zeroes_the_tokens():
     assert not state.any_steered and state.strength[:4].eq(0).all() and state.index[:4].eq(0).all()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the pinned double buffer is the CUDA upload path")
+def test_cuda_row_uploads_queued_behind_a_busy_stream_each_carry_their_own_update():
+    # Each update's device copy is queued while the GPU is still busy; a device-side snapshot queued after it
+    # must see that update's values, not a later one's (which a reused, rewritten pinned buffer would give).
+    state = SteeringState()
+    state.allocate(max_num_seqs=8, max_num_tokens=32, device=torch.device("cuda"))
+    torch.cuda._sleep(200_000_000)                      # keep the stream busy while the host runs ahead
+    expected, snapshots = [], []
+    for update in range(6):
+        for row in range(8):
+            state.set_row(row, 0.1 * (update + 1) + row, (update + row) % 3)
+        state.finish_update(8)
+        expected.append((state.row_strength_cpu.clone(), state.row_index_cpu.clone()))
+        snapshots.append((state.row_strength.clone(), state.row_index.clone()))
+    torch.cuda.synchronize()
+    for (strength, index), (device_strength, device_index) in zip(expected, snapshots, strict=True):
+        assert torch.equal(device_strength.cpu(), strength) and torch.equal(device_index.cpu(), index)
+
+
 @pytest.mark.parametrize("extra, expected", [
     (None, (0.0, 0)),
     ({}, (0.0, 0)),

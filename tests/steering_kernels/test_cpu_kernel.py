@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -151,3 +152,15 @@ def test_without_a_compiler_one_warning_names_the_reason_and_steering_still_work
     warnings = [line for line in run.stderr.splitlines() if "could not be built" in line]
     assert len(warnings) == 1, run.stderr[-2000:]
     assert "no C++ compiler" in warnings[0] and "torch ops instead" in warnings[0]
+
+
+def test_a_lock_left_by_a_killed_build_is_removed_and_a_fresh_one_is_kept(tmp_path):
+    stale, fresh = tmp_path / "stale" / "lock", tmp_path / "fresh" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir()
+        lock.touch()
+    old = time.time() - cpu_kernel.STALE_LOCK_S - 60
+    os.utime(stale, (old, old))
+    for lock in (stale, fresh, tmp_path / "none" / "lock"):
+        cpu_kernel._remove_stale_lock(lock)
+    assert not stale.exists() and fresh.exists()
