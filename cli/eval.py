@@ -3,7 +3,7 @@
     fairsteer eval --model smollm2-135m-instruct --adapter A.safetensors [--adapter B.safetensors ...] \\
         --strengths 0,0.25,0.5,0.75,1 --data ../shared/data/synthbias --mmlu ../shared/data/mmlu --out DIR
     fairsteer eval --task continuation --model M --adapter A.safetensors --out DIR   (generated prompts)
-    fairsteer eval --task chat --model M --adapter A.safetensors --out DIR   (sampled chats, a real server)
+    fairsteer eval --task chat --model M --adapter A.safetensors --out DIR   (chats, a real server; chat.png)
     ... --write-calibration      also store each adapter's table in its metadata (the server shows it)
     ... --samples 2 --sample-tokens 32   continuation: the gendered-word rate of sampled text (0 skips it)
     ... --device cuda --dtype bfloat16   on a GPU (default auto: a GPU in bf16 where there is one)

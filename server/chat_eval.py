@@ -15,7 +15,8 @@ prompts and the figures):
 Intervals: `server.audit_report`'s cluster bootstrap, which draws the independent units with replacement:
 occupations for the occupation gap and the BLS correlation, prompts (each with all its samples) for the
 female share, the gendered rate and the stated accuracy. With 3 neutral prompts per occupation, drawing
-prompts within each occupation (the earlier choice) gave intervals that runs with other seeds moved beyond.
+prompts within each occupation (the earlier choice) kept every occupation in every draw: its gap and r
+intervals were 55-75% as wide on SmolLM2's chats, and runs with other seeds moved beyond them (README).
 
 Strength 0 is the base model whichever adapter a request names, so the evaluation samples it once and
 every adapter's rows and targets use the same strength-0 chats (the same seeds as a one-adapter run).
