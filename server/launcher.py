@@ -64,6 +64,8 @@ class ServerProcess:
     # by side (tests, the benchmark's arms, a neighbour's) would all share one core, and a lone server
     # could not use the second.
     ENV_DEFAULTS: ClassVar[dict[str, str]] = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    # What answers 200 once the server serves (another server, e.g. Prometheus, names its own).
+    HEALTH_PATH: ClassVar[str] = "/health"
 
     def __init__(self, argv: list[str], port: int, log_path: str | Path, env: dict[str, str] | None = None, *,
                  ready_timeout: float = 240.0, stop_grace: float = 20.0):
@@ -83,7 +85,7 @@ class ServerProcess:
         return self
 
     def wait_ready(self, timeout: float | None = None) -> "ServerProcess":
-        """Poll /health until it answers 200; ServerStartError if the server exits or `timeout` passes."""
+        """Poll HEALTH_PATH until it answers 200; ServerStartError if the server exits or `timeout` passes."""
         assert self.proc is not None, "start() first"
         timeout = self.ready_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
@@ -92,7 +94,7 @@ class ServerProcess:
                 raise ServerStartError(f"server exited with status {self.proc.returncode} before becoming "
                                        "healthy", self.log_tail())
             try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                with urllib.request.urlopen(self.url + self.HEALTH_PATH, timeout=2) as response:
                     if response.status == 200:
                         return self
             except OSError:
@@ -105,19 +107,23 @@ class ServerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, grace: float | None = None) -> None:
-        """SIGTERM the server (vLLM shuts its engine down), then SIGKILL its process group if needed."""
+        """SIGTERM the server (vLLM shuts its engine down), then SIGKILL its process group if needed. An
+        interrupt during the grace wait (Ctrl-C, or SIGTERM turned into one by cli/main.py) cuts the grace
+        short, never the kill."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(self.stop_grace if grace is None else grace)
-            except subprocess.TimeoutExpired:
-                pass
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the group is this server's own session
-        except ProcessLookupError:
-            pass
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(self.stop_grace if grace is None else grace)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the group is this server's own session
+            except ProcessLookupError:
+                pass
         self.proc.wait(30)  # a loaded 2-core machine can take a while to reap the group
 
     def __enter__(self) -> Self:
