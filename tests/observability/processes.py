@@ -1,57 +1,22 @@
-"""Background processes for the observability tests: started in their own session, always ended by PID."""
+"""Background processes for the observability tests: `fairsteer serve` through the tests' launcher
+(tests/server_process.py), Prometheus through the same one, ready once its /-/ready answers.
 
-import os
-import signal
-import socket
-import subprocess
-import sys
+    with PrometheusProcess([prometheus, f"--web.listen-address=127.0.0.1:{port}", ...], port, log) as p:
+        p.url   # "http://127.0.0.1:PORT", ready
+"""
+
 import time
-from pathlib import Path
-from typing import Self
+from typing import ClassVar
 
 import pytest
+from server_process import ServerProcess
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class PrometheusProcess(ServerProcess):
+    HEALTH_PATH: ClassVar[str] = "/-/ready"
 
 
-class Process:
-    """`with Process(args, log) as p:` runs args (after `python` unless python=False), logging to `log`;
-    on exit SIGTERM to its process group (vLLM's engine core is a child), then SIGKILL after 20 s."""
-
-    def __init__(self, args: list[str], log: Path, cwd: Path | None = None, python: bool = True):
-        self.args = [sys.executable, *args] if python else args
-        self.log, self.cwd = log, cwd
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> Self:
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, env=env,
-                                         start_new_session=True)
-        return self
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
-
-    def __exit__(self, *exc) -> None:
-        if not self.running():
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)  # the group this process leads: it and its children
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-
-def wait_for(predicate, timeout: float, process: Process | None, what: str) -> None:
+def wait_for(predicate, timeout: float, process: ServerProcess | None, what: str) -> None:
     """Polls `predicate` (exceptions count as not yet) until true; fails with the process log otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -60,7 +25,7 @@ def wait_for(predicate, timeout: float, process: Process | None, what: str) -> N
                 return
         except Exception:  # noqa: BLE001, S110 - e.g. connection refused while starting
             pass
-        if process is not None and not process.running():
-            pytest.fail(f"{what} exited (status {process.proc.returncode}):\n{process.tail()}")
+        if process is not None and process.proc.poll() is not None:
+            pytest.fail(f"{what} exited (status {process.proc.returncode}):\n{process.log_tail()}")
         time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}" + (f":\n{process.tail()}" if process else ""))
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}" + (f":\n{process.log_tail()}" if process else ""))

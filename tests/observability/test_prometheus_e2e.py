@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,16 +21,17 @@ import httpx
 import pytest
 import torch
 from observability.dashboards import queries
-from observability.processes import Process, free_port, wait_for
+from observability.processes import PrometheusProcess, wait_for
+from server_process import ServerProcess, fairsteer_argv, free_port
 from tiny_models import save_tiny_model
 from transformers import AutoConfig, AutoTokenizer
 
 from server import group_metrics
+from server.launcher import fairsteer_command
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-FAIRSTEER = str(Path(sys.executable).with_name("fairsteer"))
 MODEL = "tiny"
 PROMPT = "The doctor called the nurse because"
 # (adapter, strength, endpoint, stream, n): every strength bucket, both adapters, streamed or not, n > 1.
@@ -54,14 +54,11 @@ def served(tmp_path_factory):
     adapters = {name: _constructed_adapter(model_dir, name, tmp) for name in ("shift_he", "random")}
     port = free_port()
     # The console script, as users run it.
-    command = [FAIRSTEER, "serve", "--model", str(model_dir), "--port", str(port),
-               *[f"--adapter={name}={path}" for name, path in adapters.items()],
-               "--", "--served-model-name", MODEL, "--max-model-len", "512", "--kv-cache-memory-bytes",
-               str(128 * 1024**2)]
-    with Process(command, tmp / "server.log", cwd=ROOT, python=False) as proc:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 300, proc, "the server")
-        yield {"url": url, "model_dir": model_dir}
+    argv = fairsteer_argv(str(model_dir), {name: str(path) for name, path in adapters.items()}, port,
+                          engine_options=("--served-model-name", MODEL, "--max-model-len", "512",
+                                          "--kv-cache-memory-bytes", str(128 * 1024**2)))
+    with ServerProcess(argv, port, tmp / "server.log", ready_timeout=300) as server:
+        yield {"url": server.url, "model_dir": model_dir}
 
 
 def _constructed_adapter(model_dir: Path, name: str, tmp: Path) -> Path:
@@ -97,12 +94,10 @@ def prometheus(served, tmp_path_factory):
                       f"    static_configs: [{{targets: ['{served['url'][7:]}']}}]\n")
     command = [prometheus_tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
                f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
-    with Process(command, tmp / "prometheus.log", python=False) as proc:
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{url}/-/ready", timeout=2).status_code == 200, 60, proc, "Prometheus")
+    with PrometheusProcess(command, port, tmp / "prometheus.log", ready_timeout=60) as proc:
         # Two scrapes of the idle server first, so that rates over the traffic have a baseline.
-        wait_for(lambda: _scalar(url, 'count_over_time(up{job="fairsteer"}[1m])') >= 2, 60, proc, "scrapes")
-        yield url
+        wait_for(lambda: _scalar(proc.url, 'count_over_time(up{job="fairsteer"}[1m])') >= 2, 60, proc, "scrapes")
+        yield proc.url
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +246,7 @@ def test_a_bad_lexicon_stops_fairsteer_serve_at_start_up(tmp_path):
     model_dir = save_tiny_model(tmp_path / "model", "LlamaForCausalLM", seed=0)
     lexicon = tmp_path / "bad.json"
     lexicon.write_text(json.dumps({"format_version": 1, "axis": "gender", "groups": {"f": ["she"], "m": ["She"]}}))
-    result = subprocess.run([FAIRSTEER, "serve", "--model", str(model_dir),
+    result = subprocess.run([*fairsteer_command(), "serve", "--model", str(model_dir),
                              "--group-lexicon", str(lexicon), "--port", str(free_port())],
                             cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
