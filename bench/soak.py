@@ -37,10 +37,7 @@ from transformers import AutoConfig
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-try:
-    from server_process import ServerProcess, fairsteer_argv, free_port
-except ImportError:  # before the launch helpers moved to tests/
-    from server.launch import ServerProcess, fairsteer_argv, free_port
+from server_process import ServerProcess, fairsteer_argv, free_port
 
 from adapters import io
 from adapters.model_store import default_cache_dir, resolve_model

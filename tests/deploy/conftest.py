@@ -36,9 +36,7 @@ def rendered() -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="session")
 def serve_parser():
-    """The real `fairsteer` argument parser (cli.main since the CLI moved there; server.cli before)."""
-    try:
-        from cli.main import build_parser
-    except ImportError:
-        from server.cli import build_parser
+    """The real `fairsteer` argument parser."""
+    from cli.main import build_parser
+
     return build_parser()

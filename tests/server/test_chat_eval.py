@@ -13,6 +13,7 @@ from server import chat_eval, lexicons
 from server.audit import CHAT_WORDINGS
 from server.audit_report import Output
 from trainer import continuation
+from trainer.cues import CUES
 
 
 def test_chat_prompts_cover_every_occupation_and_both_stated_genders():
@@ -25,17 +26,9 @@ def test_chat_prompts_cover_every_occupation_and_both_stated_genders():
         assert len({p.occupation for p, g in stated if g == gender}) == 40, "each occupation gets both genders"
 
 
-def _trained_cues() -> list[str]:
-    try:
-        from trainer.cues import CUES
-    except ImportError:  # before trainer/cues.py: continuation's appositives were the only cues
-        return [c for pair in continuation.STATED for c in pair]
-    return [text for c in CUES for text in (c.female, c.male)]
-
-
 def test_chat_cues_and_wordings_are_never_trained_on():
     trained = [t.lower().replace("{o}", "").strip(" ,") for t in continuation.TEMPLATES] + \
-        [c.lower() for c in _trained_cues()]
+        [text.lower() for c in CUES for text in (c.female, c.male)]
     held_out = [person.lower() for pair, _ in chat_eval.STATED for person in pair]
     held_out += [w.lower() for _, w in chat_eval.STATED] + [w.lower() for w in CHAT_WORDINGS]
     clashes = [(h, t) for h in held_out for t in trained if t in h or (len(h) < 30 and h in t)]
