@@ -10,8 +10,8 @@ COMPILED_MIN_TOKENS tokens) and with its fallback forced ("torch ops", the path 
 instance, same norms, same tokens (checked every round), so the only difference is the steering arithmetic.
 Per arm: tokens per wall second and per CPU second of this process (median, and the paired ratio one pass /
 torch ops within a round), and the time spent inside the steering of decode-sized steps (`dispatch._steer_cpu`
-calls below COMPILED_MIN_TOKENS tokens, timed with perf_counter around each call): per site call, and per
-step for 61 sites.
+calls below COMPILED_MIN_TOKENS tokens, timed around each call by this thread's CPU clock, so that time-slicing
+on a loaded machine does not count): the median per site call, and that times 61 sites per step.
 """
 
 import argparse
@@ -33,33 +33,32 @@ from engine_overhead import arms, random_adapter, run_round, start_llm
 from steering_kernels import cpu_kernel, dispatch
 
 SITES = 61
-DECODE = {"seconds": 0.0, "calls": 0}
+DECODE_CALLS: list[float] = []   # thread CPU seconds of each decode-sized steering call of the current round
 
 
 def time_the_steering() -> None:
-    """Accumulate the wall time of every decode-sized `_steer_cpu` call (the steering after a site's norm)."""
+    """Record the CPU time of every decode-sized `_steer_cpu` call (the steering after a site's norm)."""
     inner = dispatch._steer_cpu
 
     def timed(h, *args, **kwargs):
-        start = time.perf_counter()
+        start = time.thread_time()
         try:
             return inner(h, *args, **kwargs)
         finally:
             if h.shape[0] < dispatch.COMPILED_MIN_TOKENS:
-                DECODE["seconds"] += time.perf_counter() - start
-                DECODE["calls"] += 1
+                DECODE_CALLS.append(time.thread_time() - start)
 
     dispatch._steer_cpu = timed
 
 
 def one_round(llm, n_prompts, n_tokens, steering, tag, torch_ops: bool):
-    DECODE.update(seconds=0.0, calls=0)
+    DECODE_CALLS.clear()
     cpu = sum(psutil.Process().cpu_times()[:2])
     with mock.patch.object(cpu_kernel, "load", lambda: None) if torch_ops else contextlib.nullcontext():
         rate, _, tokens = run_round(llm, n_prompts, n_tokens, steering, tag)
     cpu = sum(psutil.Process().cpu_times()[:2]) - cpu
     n = sum(map(len, tokens))
-    return rate, n / cpu, DECODE["seconds"] / max(DECODE["calls"], 1), tokens
+    return rate, n / cpu, statistics.median(DECODE_CALLS or [0.0]), tokens
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """The CPU steering op in one pass over (T, D): a small C++ loop built on first use with torch's JIT extensions.
 
     kernel = cpu_kernel.load()        # the built module, or None when it cannot be built (one warning says why)
-    kernel.steer_into(out, h, a, b, strength, index)   # index: (T,) int32/int64, or None = adapter 1 for all
+    done = kernel.steer_into(out, h, a, b, strength, index)   # index: (T,) int32/int64, or None = adapter 1
+                                                              # for all; False: a layout it does not take
 
 For each token row t, with k = index[t] (1-based; k <= 0 = none) and s = strength[t]:
     k <= 0 or s == 0:  out[t] = h[t]  (h's bits; nothing is written when out is h)
@@ -12,9 +13,9 @@ separate ops do and the result is steer_ref's bit for bit (tests/steering_kernel
 compiler still vectorises the loop. The torch ops it replaces cost ~2-3 us of dispatch each at decode sizes,
 where the data of one site (T=32, D=576: 74 KB) sits in cache and one pass over it is ~1 us (bench/README.md).
 
-Requirements (the caller checks them and takes the torch path otherwise): h contiguous fp32/bf16/fp16; a, b
-contiguous fp32 (K, D); strength contiguous fp32 (T,); out like h. The loop re-checks the index range, so a bad
-index cannot read outside the tables.
+What it takes: CPU tensors, h contiguous fp32/bf16/fp16, a and b contiguous fp32 (K, D), strength contiguous
+fp32 (T,), out like h (h itself for in place). Anything else returns False without writing (fp64, views: the
+caller runs the torch ops). The loop checks the index range, so a bad index cannot read outside the tables.
 
 The build (~15 s here, once per machine and version) goes to torch's extensions folder (TORCH_EXTENSIONS_DIR,
 default ~/.cache/torch_extensions), in a folder named after the hash of the source, the flags and torch's
@@ -105,30 +106,31 @@ void dispatch_index(at::Tensor& out, const at::Tensor& h, const at::Tensor& a, c
   }
 }
 
-void steer_into(at::Tensor out, const at::Tensor& h, const at::Tensor& a, const at::Tensor& b,
+// Returns false, writing nothing, for layouts and dtypes the loop does not take (the caller then runs the torch
+// ops): checking here costs far less than the same checks in Python (bench/README.md).
+bool steer_into(at::Tensor out, const at::Tensor& h, const at::Tensor& a, const at::Tensor& b,
                 const at::Tensor& strength, const c10::optional<at::Tensor>& index) {
-  TORCH_CHECK(h.dim() == 2 && h.is_contiguous() && out.is_contiguous() && out.sizes() == h.sizes()
-              && out.scalar_type() == h.scalar_type(), "out and h must be contiguous (T, D) tensors of one dtype");
-  TORCH_CHECK(a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && a.is_contiguous()
-              && b.is_contiguous() && a.dim() == 2 && a.sizes() == b.sizes() && a.size(1) == h.size(1),
-              "a and b must be contiguous fp32 (K, D) tables");
-  TORCH_CHECK(strength.scalar_type() == at::kFloat && strength.is_contiguous() && strength.numel() == h.size(0),
-              "strength must be a contiguous fp32 (T,) tensor");
-  TORCH_CHECK(!index.has_value() || (index->is_contiguous() && index->numel() == h.size(0)
-              && (index->scalar_type() == at::kInt || index->scalar_type() == at::kLong)),
-              "index must be a contiguous int32/int64 (T,) tensor or None");
-  switch (h.scalar_type()) {
-    case at::kFloat: dispatch_index<float>(out, h, a, b, strength, index); break;
-    case at::kBFloat16: dispatch_index<c10::BFloat16>(out, h, a, b, strength, index); break;
-    case at::kHalf: dispatch_index<c10::Half>(out, h, a, b, strength, index); break;
-    default: TORCH_CHECK(false, "h must be fp32, bf16 or fp16, got ", h.scalar_type());
-  }
+  const auto dtype = h.scalar_type();
+  const bool fits = h.is_cpu() && h.dim() == 2 && h.is_contiguous() && out.is_contiguous()
+      && out.sizes() == h.sizes() && out.scalar_type() == dtype
+      && (dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf)
+      && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && a.is_contiguous() && b.is_contiguous()
+      && a.dim() == 2 && a.sizes() == b.sizes() && a.size(1) == h.size(1)
+      && strength.scalar_type() == at::kFloat && strength.is_contiguous() && strength.numel() == h.size(0)
+      && (!index.has_value() || (index->is_contiguous() && index->numel() == h.size(0)
+                                 && (index->scalar_type() == at::kInt || index->scalar_type() == at::kLong)));
+  if (!fits) return false;
+  if (dtype == at::kFloat) dispatch_index<float>(out, h, a, b, strength, index);
+  else if (dtype == at::kBFloat16) dispatch_index<c10::BFloat16>(out, h, a, b, strength, index);
+  else dispatch_index<c10::Half>(out, h, a, b, strength, index);
+  return true;
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("steer_into", &steer_into, "out[t] = h[t] + s[t] * (a[k-1] * h[t] + b[k-1]), or h[t] where unsteered");
+  m.def("steer_into", &steer_into, "out[t] = h[t] + s[t] * (a[k-1] * h[t] + b[k-1]), or h[t] where unsteered; "
+        "false (nothing written) for layouts it does not take");
 }
 """
 

@@ -177,11 +177,10 @@ def _steer_cpu(h, a, b, strength, index, may_return_input=False, plan: RowPlan |
     if plan.num_steered == 0:
         return h if may_return_input else h.clone()
     # Decode sizes: one pass of the C++ loop instead of ~6 torch ops of ~2-3 us dispatch each (bench/README.md).
-    if plan.num_tokens < COMPILED_MIN_TOKENS and _fits_cpu_kernel(h, a, b, strength, index):
-        kernel = cpu_kernel.load()
-        if kernel is not None:
-            out = h if may_return_input else torch.empty_like(h)   # h is a temporary of ours: steer it in place
-            kernel.steer_into(out, h, a, b, strength, index)
+    kernel = cpu_kernel.load() if plan.num_tokens < COMPILED_MIN_TOKENS else None
+    if kernel is not None:
+        out = h if may_return_input else torch.empty_like(h)   # h is a temporary of ours: steer it in place
+        if kernel.steer_into(out, h, a, b, strength, index):    # False: a layout it does not take (fp64, views)
             return out
     if plan.num_tokens >= COMPILED_MIN_TOKENS and h.dtype == torch.float32:
         return _compiled_steer_ref()(h, a, b, strength, index)
@@ -189,14 +188,6 @@ def _steer_cpu(h, a, b, strength, index, may_return_input=False, plan: RowPlan |
         steered = _steer_rows(h.index_select(0, plan.steered), a, b, plan.strength, plan.adapter)
         return h.clone().index_copy_(0, plan.steered, steered)
     return _steer_rows(h, a, b, plan.strength, plan.adapter, plan.untouched)
-
-
-def _fits_cpu_kernel(h, a, b, strength, index) -> bool:
-    """The dtypes and layouts the C++ loop takes (cpu_kernel.py); anything else (fp64, views) takes the torch ops."""
-    tables = a.dtype == b.dtype == torch.float32 and a.is_contiguous() and b.is_contiguous()
-    tokens = strength.dtype == torch.float32 and strength.is_contiguous() and (
-        index is None or (index.dtype in (torch.int32, torch.int64) and index.is_contiguous()))
-    return h.dtype in cpu_kernel.DTYPES and h.is_contiguous() and tables and tokens
 
 
 def _steer_rows(h, a, b, strength, adapter, untouched=None):
