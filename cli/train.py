@@ -11,7 +11,7 @@
 in bf16 where there is one); the adapter and its optimiser stay fp32. DSO writes a checkpoint folder
 (OUT.ckpt/) every --save-every steps, at the end and on Ctrl-C, and a JSON-lines log (OUT.log.jsonl, or
 --log-jsonl FILE); `--resume [DIR]` continues bit-for-bit from the newest checkpoint in DIR (default
-OUT.ckpt). Ctrl-C saves and exits with status 130. It prints the memory estimate of a step, wall time and
+OUT.ckpt). Ctrl-C or SIGTERM saves and exits with status 130. It prints the memory estimate of a step, wall time and
 peak memory. The training itself is `trainer.training`; this module turns flags into its arguments.
 """
 

@@ -57,23 +57,31 @@ def _rows_up_to(path: Path, step: int) -> list[dict]:
 
 @contextmanager
 def deferred_interrupt() -> Iterator[SimpleNamespace]:
-    """Inside the block, SIGINT sets `.requested` instead of raising KeyboardInterrupt (the loop checks
-    it between steps); the handler then steps aside, so a second SIGINT interrupts at once. Outside the
-    main thread (where signals cannot be handled) it only yields the flag."""
+    """Inside the block, SIGINT (Ctrl-C) and SIGTERM (what Kubernetes sends a pod it evicts) set `.requested`
+    instead of stopping the run (the loop checks it between steps and saves a checkpoint); the handlers then
+    step aside, so a second signal interrupts at once. Outside the main thread (where signals cannot be
+    handled) it only yields the flag."""
     flag = SimpleNamespace(requested=False)
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    previous = signal.getsignal(signal.SIGINT)
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in signals}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
     def handler(signum, frame) -> None:
         flag.requested = True
-        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to abort now)",
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: stopping after this step and saving a checkpoint (Ctrl-C again to abort now)",
               file=sys.stderr)
-        signal.signal(signal.SIGINT, previous)
+        restore()
 
-    signal.signal(signal.SIGINT, handler)
+    for s in signals:
+        signal.signal(s, handler)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        restore()

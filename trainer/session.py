@@ -8,7 +8,7 @@ estimated for the largest batch (`trainer.memory`) and printed; on a GPU where t
 activation checkpointing is turned on if that makes it fit, else the run stops with the fix; with `resume`
 the newest checkpoint is loaded (`trainer.checkpoint`); then the steps run, each logged and shown
 (`trainer.progress`), a checkpoint every `save_every` steps and at the end, the time budget or Ctrl-C. Ctrl-C
-saves and re-raises KeyboardInterrupt (the command exits 130). The adapter is a CPU fp32 `SteeringSpec`
+saves and re-raises KeyboardInterrupt (the command exits 130); SIGTERM (a pod evicted) does the same. The adapter is a CPU fp32 `SteeringSpec`
 whatever trained it; its metadata records the device, dtype, memory estimate and measured peak.
 """
 

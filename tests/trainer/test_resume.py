@@ -86,9 +86,10 @@ def test_resume_refuses_settings_that_change_the_steps_and_a_new_dtype(tmp_path)
         _train(model.to(torch.bfloat16), _cfg(steps=2, estimator="exact"), out, resume=True)
 
 
-def test_ctrl_c_saves_the_finished_step_and_exits_130(tmp_path):
-    """A real `fairsteer train` process and a real SIGINT: it finishes the step in progress, writes a
-    checkpoint holding exactly the state after that step, and exits with status 130."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_the_finished_step_and_exits_130(tmp_path, stop):
+    """A real `fairsteer train` process and a real SIGINT or SIGTERM (a pod evicted): it finishes the step in
+    progress, writes a checkpoint holding exactly the state after that step, and exits with status 130."""
     model_dir = save_tiny_model(tmp_path / "model")
     out = tmp_path / "run.safetensors"
     argv = [str(Path(sys.executable).parent / "fairsteer"), "train", "--model", str(model_dir), "--out", str(out),
@@ -103,7 +104,7 @@ def test_ctrl_c_saves_the_finished_step_and_exits_130(tmp_path):
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted after step" in err and "--resume" in err
