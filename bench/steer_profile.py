@@ -14,8 +14,8 @@ times one site, in microseconds per call:
 "fused one" and "fused mixed" are timed twice in the same run: with the one-pass C++ op (cpu_kernel.py, the
 default where it builds) and with the torch ops it falls back to ("torch ops", i.e. before issue 19's C++ op).
 The script projects the steering cost of a step: sites x (fused mixed - vLLM add+norm) + plan, in ms, for both.
-Then a torch profiler table of the fused mixed op at T = 32. Each figure is the best of 9 repeats of 200 calls: on a shared,
-loaded machine the best repeat is the least disturbed one; read differences under ~1 us as noise.
+Then a torch profiler table of the fused mixed op at T = 32. Each figure is the best of 25 repeats of 200 calls:
+on a shared, loaded machine the best repeat is the least disturbed one; read differences under ~1 us as noise.
 """
 
 import argparse
@@ -33,7 +33,7 @@ from steering_kernels import cpu_kernel, plan_rows, rms_norm_steer, steer, unste
 STRENGTHS = (0.0, 0.25, 0.5, 1.0)
 
 
-def per_call_us(fn, calls: int = 200, repeats: int = 9) -> float:
+def per_call_us(fn, calls: int = 200, repeats: int = 25) -> float:
     for _ in range(30):
         fn()
     times = []
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         norm = RMSNorm(D)
     if cpu_kernel.load() is None:
         raise SystemExit("the one-pass CPU op did not build (see the warning above); nothing to compare")
-    print(f"hidden={D} sites={args.sites}; microseconds per call (best of 9 x 200); torch = the torch-ops fallback")
+    print(f"hidden={D} sites={args.sites}; microseconds per call (best of 25 x 200); torch = the torch-ops fallback")
     print(f"{'T':>4} {'vLLM add+norm':>14} {'separate':>9} {'fused unsteered':>16} {'one':>6} {'one torch':>10} "
           f"{'mixed':>6} {'mixed torch':>12} {'plan':>6} {'ms/step':>8} {'ms/step torch':>14}")
     for T in (1, 8, 32, 128):
