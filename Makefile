@@ -35,7 +35,7 @@ comma := ,
 
 train: setup
 	.venv/bin/fairsteer train --method dso --task continuation --model smollm2-135m-instruct \
-		--resolvable-per-step 6 --out build/smollm2-135m-instruct-dso.safetensors
+		--resolvable-per-step 6 --majority-momentum 0.9 --out build/smollm2-135m-instruct-dso.safetensors
 
 # The continuation evaluation, then the chat one (a real server on 127.0.0.1) of the same adapter.
 eval: setup
