@@ -130,7 +130,8 @@ def test_a_model_too_large_for_one_gpu_is_spread_over_the_visible_ones(monkeypat
 
     config, cfg = tiny_config(hidden=512, layers=4), DSOConfig(occupations_per_step=1)
     weights = memory.weight_bytes(config, torch.float32)
-    step = memory.estimate(config, torch.float32, 2 + 4 + 4, base_model.NOMINAL_LENGTH, 9, weights=0).step
+    rows = 2 * 1 + 2 * cfg.resolvable_per_step + cfg.generic_per_step + cfg.description_per_step  # the nominal batch
+    step = memory.estimate(config, torch.float32, rows, base_model.NOMINAL_LENGTH, 9, weights=0).step
     gpu = int((0.75 * weights + step) / placement.HEADROOM)  # two such "GPUs" hold it, one does not
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=gpu))
