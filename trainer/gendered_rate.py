@@ -79,18 +79,27 @@ def training_texts(model, tokenizer, pad_id: int, seed: int, max_new_tokens: int
     what the sampled gendered-word rate measures (on other wordings)."""
     prompts = [d.format(a=_article(o), o=o) for d in TRAIN_DESCRIPTIONS for o in OCCUPATIONS]
     ids = [tuple(tokenizer(t, add_special_tokens=True)["input_ids"]) for t in prompts]
-    out: list[tuple[int, ...]] = []
     with torch.inference_mode():
-        for start in range(0, len(ids), 16):
-            chunk = [_Ids(i) for i in ids[start:start + 16]]
-            batch = collate(chunk, pad_id, input_device(model))
-            torch.manual_seed(seed + start)
-            generated = model.generate(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=True,
-                temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=pad_id)
-            new = generated[:, batch["input_ids"].shape[1]:].tolist()
-            out += [prompt + tuple(t for t in cont if t != pad_id) for prompt, cont in zip(ids[start:], new)]
-    return out
+        new = _continuations(model, ids, pad_id, seed, 16, max_new_tokens, 1).tolist()
+    return [prompt + tuple(t for t in cont if t != pad_id) for prompt, cont in zip(ids, new)]
+
+
+def _continuations(model, ids: list[tuple[int, ...]], pad_id: int, seed: int, batch_size: int,
+                   max_new_tokens: int, samples: int) -> torch.Tensor:
+    """(len(ids) * samples, max_new_tokens) sampled new tokens (temperature 1, pad_id after an end), batches of
+    `batch_size` left-padded prompts, each batch seeded with seed + its start: the same draws at every
+    strength, so base and steered samples are paired."""
+    out = []
+    for start in range(0, len(ids), batch_size):
+        batch = collate([_Ids(i) for i in ids[start:start + batch_size]], pad_id, input_device(model))
+        torch.manual_seed(seed + start)
+        generated = model.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=True,
+            temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+            num_return_sequences=samples, pad_token_id=pad_id)
+        new = generated[:, batch["input_ids"].shape[1]:]
+        out.append(torch.nn.functional.pad(new, (0, max_new_tokens - new.shape[1]), value=pad_id))
+    return torch.cat(out)
 
 
 def token_ids(tokenizer) -> tuple[int, ...]:
@@ -117,20 +126,11 @@ def sample(model, tokenizer, pad_id: int, steering, strength: float, settings: S
     from adapters.hf import attach
 
     ids = [tuple(tokenizer(t, add_special_tokens=True)["input_ids"]) for t in texts()]
-    out: list[list[str]] = []
     with torch.inference_mode(), attach(model, steering, strength) if steering is not None else nullcontext():
-        for start in range(0, len(ids), settings.batch_size):
-            chunk = [_Ids(i) for i in ids[start:start + settings.batch_size]]
-            batch = collate(chunk, pad_id, input_device(model))
-            torch.manual_seed(settings.seed + start)  # the same draws at every strength: paired samples
-            generated = model.generate(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=True,
-                temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=settings.max_new_tokens,
-                num_return_sequences=settings.samples, pad_token_id=pad_id)
-            new = generated[:, batch["input_ids"].shape[1]:]
-            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
-            out += [decoded[k:k + settings.samples] for k in range(0, len(decoded), settings.samples)]
-    return out
+        new = _continuations(model, ids, pad_id, settings.seed, settings.batch_size, settings.max_new_tokens,
+                             settings.samples)
+    decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [decoded[k:k + settings.samples] for k in range(0, len(decoded), settings.samples)]
 
 
 def rates(continuations: list[list[str]], base_per_prompt: np.ndarray | None = None) -> dict[str, Any]:
